@@ -1,0 +1,218 @@
+//! Command line: `dynamofs mount`, and the `-o` mount options shared with
+//! `mount -t fuse.dynamo` and `/etc/fstab`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::source::Source;
+
+const MOUNT_OPTIONS_HELP: &str = "\
+Mount options (-o, comma separated; the same in /etc/fstab):
+  endpoint=URL          DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB,
+                        AWS_ENDPOINT_URL, or the region's public endpoint)
+  ro | rw               mount read-only or read-write (default rw)
+  allow_other           let users other than the mounting one use the mount
+  default_permissions   let the kernel check file modes (default on;
+                        nodefault_permissions turns it off)
+  uid=N, gid=N          report every file as owned by this user / group
+  umask=OOO             clear these permission bits in every reported mode
+  attr_ttl=SECS         how long attributes are cached (default 1)
+  entry_ttl=SECS        how long directory entries are cached (default 1)
+  timeout=SECS          give up on one DynamoDB request after this long (default 20)
+  threads=N             FUSE worker threads (default 4)
+  logfile=PATH          where a daemonized mount logs (default /var/log/dynamofs.log
+                        when writable, else /tmp/dynamofs-UID.log)
+  Ignored for fstab: _netdev, nofail, auto, noauto, defaults, user, nouser, users,
+  exec, noexec, suid, nosuid, dev, nodev, atime, noatime, relatime, async.
+
+Sources:
+  aws:REGION/TABLE      DynamoDB tables TABLE and TABLEBlocks (created on first mount)
+  local:PATH            the embedded store: one local file, one client
+
+Credentials and region come from the standard AWS chain (environment, profile,
+SSO, instance role). Logs honour RUST_LOG (e.g. RUST_LOG=dynamofs=debug).
+
+Examples:
+  dynamofs mount aws:us-east-1/Shared /mnt/shared
+  dynamofs mount aws:us-east-1/Shared /mnt/shared -o endpoint=http://127.0.0.1:8000 -f
+  mount -t fuse.dynamo aws:us-east-1/Shared /mnt/shared
+  fstab: aws:us-east-1/Shared /mnt/shared fuse.dynamo _netdev,allow_other 0 0";
+
+/// dynamofs: a shared POSIX filesystem on DynamoDB.
+#[derive(Debug, Parser)]
+#[command(name = "dynamofs", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a dynamofs filesystem (daemonizes unless -f; returns once the mount is live).
+    #[command(after_long_help = MOUNT_OPTIONS_HELP)]
+    Mount(MountArgs),
+}
+
+/// Arguments of `dynamofs mount`.
+#[derive(Debug, Args, Clone)]
+pub struct MountArgs {
+    /// aws:REGION/TABLE or local:PATH
+    pub source: Source,
+    /// Directory to mount on
+    pub mountpoint: PathBuf,
+    /// Mount options, comma separated (see below)
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Stay in the foreground
+    #[arg(short = 'f', long = "foreground", help_heading = "Process")]
+    pub foreground: bool,
+    /// Log debug output (implies -f unless a logfile is given)
+    #[arg(short = 'd', long = "debug", help_heading = "Process")]
+    pub debug: bool,
+}
+
+/// Parsed mount options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountOptions {
+    /// Endpoint override.
+    pub endpoint: Option<String>,
+    /// Read-only mount.
+    pub read_only: bool,
+    /// Let other users in.
+    pub allow_other: bool,
+    /// Kernel permission checks.
+    pub default_permissions: bool,
+    /// Forced owner.
+    pub uid: Option<u32>,
+    /// Forced group.
+    pub gid: Option<u32>,
+    /// Mode bits to clear.
+    pub umask: Option<u32>,
+    /// Attribute cache TTL.
+    pub attr_ttl: Duration,
+    /// Entry cache TTL.
+    pub entry_ttl: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Log file of a daemonized mount.
+    pub logfile: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            endpoint: None,
+            read_only: false,
+            allow_other: false,
+            default_permissions: true,
+            uid: None,
+            gid: None,
+            umask: None,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            timeout: Duration::from_secs(20),
+            threads: 4,
+            logfile: None,
+        }
+    }
+}
+
+const IGNORED: &[&str] = &[
+    "_netdev", "nofail", "auto", "noauto", "defaults", "user", "nouser", "users", "exec", "noexec",
+    "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime", "async",
+];
+
+fn seconds(key: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("mount option {key}={value}: expected a number of seconds"))
+}
+
+fn number<T: TryFrom<u64>>(key: &str, value: &str, radix_octal: bool) -> Result<T, String> {
+    let parsed = if radix_octal {
+        u64::from_str_radix(value, 8).ok()
+    } else {
+        value.parse::<u64>().ok()
+    };
+    parsed.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+        format!(
+            "mount option {key}={value}: expected a{} number",
+            if radix_octal { "n octal" } else { "" }
+        )
+    })
+}
+
+impl MountOptions {
+    /// Parse `-o` strings (each comma separated); unknown options are an error.
+    pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<Self, String> {
+        let mut o = MountOptions::default();
+        for opt in groups
+            .iter()
+            .flat_map(|g| g.as_ref().split(','))
+            .filter(|s| !s.is_empty())
+        {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, value) {
+                ("endpoint", Some(v)) if !v.is_empty() => o.endpoint = Some(v.to_string()),
+                ("ro", None) => o.read_only = true,
+                ("rw", None) => o.read_only = false,
+                ("allow_other", None) => o.allow_other = true,
+                ("default_permissions", None) => o.default_permissions = true,
+                ("nodefault_permissions", None) => o.default_permissions = false,
+                ("uid", Some(v)) => o.uid = Some(number(key, v, false)?),
+                ("gid", Some(v)) => o.gid = Some(number(key, v, false)?),
+                ("umask", Some(v)) => o.umask = Some(number::<u32>(key, v, true)? & 0o7777),
+                ("attr_ttl", Some(v)) => o.attr_ttl = seconds(key, v)?,
+                ("entry_ttl", Some(v)) => o.entry_ttl = seconds(key, v)?,
+                ("timeout", Some(v)) => {
+                    o.timeout = seconds(key, v)?.max(Duration::from_millis(100))
+                }
+                ("threads", Some(v)) => o.threads = number::<usize>(key, v, false)?.clamp(1, 64),
+                ("logfile", Some(v)) => o.logfile = Some(PathBuf::from(v)),
+                (k, None) if IGNORED.contains(&k) => {}
+                _ => {
+                    return Err(format!(
+                        "unknown mount option '{opt}' (see dynamofs mount --help)"
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_and_rejects_unknown_ones() {
+        let o = MountOptions::parse(&[
+            "ro,uid=5,umask=022",
+            "endpoint=http://127.0.0.1:1,_netdev,attr_ttl=0.5",
+        ])
+        .unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.uid, Some(5));
+        assert_eq!(o.umask, Some(0o22));
+        assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(o.attr_ttl, Duration::from_millis(500));
+        assert!(MountOptions::parse(&["bogus"])
+            .unwrap_err()
+            .contains("unknown mount option"));
+        assert!(MountOptions::parse(&["uid=x"]).is_err());
+        assert!(MountOptions::parse(&["umask=9"]).is_err());
+    }
+}

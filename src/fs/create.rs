@@ -1,0 +1,230 @@
+//! mknod, mkdir, symlink, create and link: every operation that adds a name.
+//!
+//! A new name is one transaction: the entry (which must be absent), the new inode
+//! and the parent's times and link count, conditioned on the parent's version. So an
+//! existing name is EEXIST on every client, and a create cannot race an rmdir.
+
+use super::tx::Tx;
+use super::{check_name, Caller, Fs, FsError, FsResult, Opened};
+use crate::records::{Entry, FileKind, Inode, Timestamp};
+use crate::store::Condition;
+
+/// What kind of node to create and with what content.
+struct NewNode<'a> {
+    kind: FileKind,
+    mode: u32,
+    rdev: u32,
+    target: &'a [u8],
+}
+
+impl Fs {
+    async fn create_node(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        node: NewNode<'_>,
+    ) -> FsResult<Inode> {
+        self.check_writable()?;
+        check_name(name)?;
+        let ino = self.alloc_ino().await?;
+        let inode = self
+            .optimistic(|fresh| {
+                let node = &node;
+                async move {
+                    let dir = self.load_dir(parent, fresh).await?;
+                    if dir.nlink == 0 {
+                        return Err(FsError::NotFound);
+                    }
+                    let now = Timestamp::now();
+                    let is_dir = node.kind == FileKind::Dir;
+                    // BSD group semantics when the directory is setgid, as ext4 does.
+                    let setgid = dir.mode & libc::S_ISGID != 0;
+                    let mut mode = node.mode & 0o7777;
+                    if setgid && is_dir {
+                        mode |= libc::S_ISGID;
+                    }
+                    let inode = Inode {
+                        ino,
+                        kind: node.kind,
+                        mode,
+                        uid: caller.uid,
+                        gid: if setgid { dir.gid } else { caller.gid },
+                        size: node.target.len() as u64,
+                        nlink: if is_dir { 2 } else { 1 },
+                        atime: now,
+                        mtime: now,
+                        ctime: now,
+                        rdev: node.rdev,
+                        parent: if is_dir { parent } else { 0 },
+                        target: node.target.to_vec(),
+                        xattrs: Default::default(),
+                        ver: 1,
+                    };
+                    let mut tx = Tx::new();
+                    tx.put_entry(
+                        parent,
+                        name,
+                        Entry {
+                            ino,
+                            kind: node.kind,
+                        },
+                        Condition::Absent,
+                    );
+                    tx.create(inode.clone());
+                    let dir = tx.touch_dir(&dir);
+                    if is_dir {
+                        dir.nlink += 1;
+                    }
+                    match tx.commit(self).await {
+                        Err(e)
+                            if e.is_conflict()
+                                && self.load_entry(parent, name, true).await?.is_some() =>
+                        {
+                            Err(FsError::Exists)
+                        }
+                        other => other.map(|_| inode),
+                    }
+                }
+            })
+            .await?;
+        Ok(self.present(inode))
+    }
+
+    /// Create a regular file, fifo, socket or device node.
+    pub async fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Inode> {
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        if matches!(kind, FileKind::Char | FileKind::Block) && caller.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        self.create_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind,
+                mode,
+                rdev,
+                target: &[],
+            },
+        )
+        .await
+    }
+
+    /// Create a directory.
+    pub async fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<Inode> {
+        self.create_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: FileKind::Dir,
+                mode,
+                rdev: 0,
+                target: &[],
+            },
+        )
+        .await
+    }
+
+    /// Create a symbolic link to `target`.
+    pub async fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Inode> {
+        if target.len() > libc::PATH_MAX as usize {
+            return Err(FsError::NameTooLong);
+        }
+        self.create_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                rdev: 0,
+                target,
+            },
+        )
+        .await
+    }
+
+    /// Create a regular file and open it (O_CREAT; O_EXCL is implied by the kernel
+    /// only calling this when the name does not exist, and enforced by the condition).
+    pub async fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Inode, Opened)> {
+        let inode = self
+            .mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), 0)
+            .await?;
+        let opened = self.open(caller, inode.ino, flags & !libc::O_TRUNC).await?;
+        Ok((inode, opened))
+    }
+
+    /// Add the name `newparent/newname` for the existing inode `ino`.
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Inode> {
+        self.check_writable()?;
+        check_name(newname)?;
+        let inode = self
+            .optimistic(|fresh| async move {
+                let inode = self.load_inode(ino, fresh).await?;
+                if inode.kind == FileKind::Dir {
+                    return Err(FsError::NotPermitted);
+                }
+                if inode.nlink == 0 {
+                    return Err(FsError::NotFound);
+                }
+                let dir = self.load_dir(newparent, fresh).await?;
+                let mut tx = Tx::new();
+                tx.put_entry(
+                    newparent,
+                    newname,
+                    Entry {
+                        ino,
+                        kind: inode.kind,
+                    },
+                    Condition::Absent,
+                );
+                let now = tx.now();
+                let linked = tx.update(&inode);
+                linked.nlink += 1;
+                linked.ctime = now;
+                tx.touch_dir(&dir);
+                match tx.commit(self).await {
+                    Err(e)
+                        if e.is_conflict()
+                            && self.load_entry(newparent, newname, true).await?.is_some() =>
+                    {
+                        Err(FsError::Exists)
+                    }
+                    other => Ok(other?.remove(&ino).expect("linked inode")),
+                }
+            })
+            .await?;
+        Ok(self.present(inode))
+    }
+}

@@ -1,0 +1,104 @@
+//! opendir, readdir and releasedir.
+//!
+//! A directory handle lists the directory once, when it is read from offset 0, and
+//! serves later offsets from that snapshot: offsets stay stable however the directory
+//! changes meanwhile (rewinddir takes a new snapshot). Listing also reads the inodes
+//! of the entries in batches, so the lookups of an `ls -l` that follows hit the cache.
+
+use super::{DirEntry, Fs, FsError, FsResult, Handle};
+use crate::keys::{self, decode_name, inode_key};
+use crate::records::{from_item, Entry, FileKind, Inode};
+use crate::store::{SortKey, Table};
+
+const PAGE: usize = 1000;
+
+#[derive(Default)]
+pub(super) struct DirHandle {
+    snapshot: Option<Vec<DirEntry>>,
+}
+
+impl Fs {
+    /// Open directory `ino` for listing.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        self.load_dir(ino, false).await?;
+        Ok(self.new_handle(Handle::Dir(DirHandle::default())))
+    }
+
+    /// Entries from position `offset` on; entry `i` of the answer has offset `offset + i + 1`.
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let cached = match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::Dir(h)) if offset > 0 => h.snapshot.clone(),
+            Some(Handle::Dir(_)) => None,
+            _ => return Err(FsError::BadHandle),
+        };
+        let listing = match cached {
+            Some(listing) => listing,
+            None => {
+                let listing = self.list_dir(ino).await?;
+                if let Some(Handle::Dir(h)) = self.handles.lock().unwrap().get_mut(&fh) {
+                    h.snapshot = Some(listing.clone());
+                }
+                listing
+            }
+        };
+        Ok(listing.into_iter().skip(offset as usize).collect())
+    }
+
+    /// Close a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let dir = self.load_dir(ino, true).await?;
+        let mut listing = vec![
+            DirEntry {
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            },
+            DirEntry {
+                ino: dir.parent,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            },
+        ];
+        let partition = keys::entries_partition(ino);
+        let mut after: Option<SortKey> = None;
+        loop {
+            let page = self
+                .store
+                .query(Table::Meta, &partition, after.as_ref(), PAGE)
+                .await?;
+            after = page.items.last().map(|(sk, _)| sk.clone());
+            let mut batch = Vec::with_capacity(page.items.len());
+            for (sk, item) in page.items {
+                let SortKey::S(stored) = sk else { continue };
+                let Some(name) = decode_name(&stored) else {
+                    tracing::warn!(dir = ino, name = %stored, "skipping an entry with an undecodable name");
+                    continue;
+                };
+                let entry: Entry = from_item(item)?;
+                self.cache_entry(ino, &name, Some(entry));
+                batch.push(DirEntry {
+                    ino: entry.ino,
+                    kind: entry.kind,
+                    name,
+                });
+            }
+            self.prefetch_inodes(&batch).await?;
+            listing.extend(batch);
+            if !page.more {
+                return Ok(listing);
+            }
+        }
+    }
+
+    async fn prefetch_inodes(&self, entries: &[DirEntry]) -> FsResult<()> {
+        let keys: Vec<_> = entries.iter().map(|e| inode_key(e.ino)).collect();
+        for item in self.store.batch_get(&keys).await?.into_iter().flatten() {
+            self.cache_inode(&from_item::<Inode>(item)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,539 @@
+//! open, read, write, flush, fsync and release of regular files, and the block
+//! cleanup that truncation and deletion leave behind.
+//!
+//! The data of a file open on this client is held per inode ([`FileData`]), shared by
+//! all its handles: writes land in whole-block buffers and go to the store on flush,
+//! fsync, close, or when the buffers pass `dirty_limit`. A write never reads a block
+//! it covers whole; a partial write reads the block once. Reads fetch every missing
+//! block of the request (and a readahead window when reading sequentially) in one
+//! batch get.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde_bytes::ByteBuf;
+
+use super::tx::Tx;
+use super::{Caller, Fs, FsError, FsResult, Handle};
+use crate::keys;
+use crate::records::{from_item, to_item, Cleanup, FileKind, Inode, Timestamp};
+use crate::store::{Condition, Key, SortKey, Table, WriteOp};
+
+/// Requests in flight at once for one file's blocks.
+const PARALLEL_BLOCKS: usize = 16;
+/// Clean blocks kept per open file.
+const CLEAN_BLOCKS: usize = 64;
+/// Blocks fetched ahead of a sequential reader.
+const READAHEAD_BLOCKS: u64 = 16;
+/// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
+const DIRECT_DELETE_BLOCKS: u64 = 1024;
+
+/// The answer to open: the handle, and whether the kernel may keep its page cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    /// File handle for later calls.
+    pub fh: u64,
+    /// True when the file is unchanged since this client last had it open.
+    pub keep_cache: bool,
+}
+
+/// The data of one file open on this client.
+pub(super) struct FileData {
+    /// The inode as last read from or written to the store.
+    stored: Inode,
+    /// Current size, including unflushed writes.
+    size: u64,
+    /// Set when unflushed writes changed the content.
+    mtime: Option<Timestamp>,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    clean: BTreeMap<u64, Arc<Vec<u8>>>,
+    next_read: u64,
+}
+
+pub(super) struct FileHandle {
+    ino: u64,
+    append: bool,
+    data: Arc<tokio::sync::Mutex<FileData>>,
+}
+
+struct OpenState {
+    opens: usize,
+    unlinked: bool,
+    data: Arc<tokio::sync::Mutex<FileData>>,
+    /// Size and mtime not yet in the store, for getattr.
+    pending: Option<(u64, Timestamp)>,
+}
+
+/// The files open on this client, by inode.
+#[derive(Default)]
+pub(super) struct OpenFiles {
+    open: Mutex<HashMap<u64, OpenState>>,
+    /// (mtime, size) of each file when this client last closed it, for keep_cache.
+    last_seen: Mutex<HashMap<u64, (Timestamp, u64)>>,
+}
+
+impl OpenFiles {
+    pub(super) fn is_open(&self, ino: u64) -> bool {
+        self.open.lock().unwrap().contains_key(&ino)
+    }
+
+    pub(super) fn mark_unlinked(&self, ino: u64) {
+        if let Some(state) = self.open.lock().unwrap().get_mut(&ino) {
+            state.unlinked = true;
+        }
+    }
+
+    /// Apply unflushed size and mtime to an inode about to be reported.
+    pub(super) fn overlay(&self, inode: &mut Inode) {
+        if let Some(state) = self.open.lock().unwrap().get(&inode.ino) {
+            if let Some((size, mtime)) = state.pending {
+                inode.size = size;
+                inode.mtime = mtime;
+            }
+        }
+    }
+
+    pub(super) fn data(&self, ino: u64) -> Option<Arc<tokio::sync::Mutex<FileData>>> {
+        self.open.lock().unwrap().get(&ino).map(|s| s.data.clone())
+    }
+
+    fn set_pending(&self, ino: u64, data: &FileData) {
+        if let Some(state) = self.open.lock().unwrap().get_mut(&ino) {
+            state.pending = data.mtime.map(|m| (data.size, m));
+        }
+    }
+}
+
+impl FileData {
+    fn new(inode: Inode) -> Self {
+        FileData {
+            size: inode.size,
+            stored: inode,
+            mtime: None,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            clean: BTreeMap::new(),
+            next_read: 0,
+        }
+    }
+
+    /// Forget buffered data past `size` after a truncation.
+    pub(super) fn truncate(&mut self, size: u64, block_size: u64) {
+        self.size = size;
+        let keep_blocks = size.div_ceil(block_size);
+        self.dirty.retain(|idx, _| *idx < keep_blocks);
+        self.clean.clear();
+        if let Some((idx, buf)) = self.dirty.iter_mut().next_back() {
+            buf.truncate((size - idx * block_size).min(buf.len() as u64) as usize);
+        }
+        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
+    }
+
+    pub(super) fn has_unflushed(&self) -> bool {
+        !self.dirty.is_empty() || self.mtime.is_some()
+    }
+
+    pub(super) fn set_stored(&mut self, inode: Inode) {
+        self.stored = inode;
+    }
+}
+
+impl Fs {
+    fn file_handle(&self, fh: u64) -> FsResult<(u64, bool, Arc<tokio::sync::Mutex<FileData>>)> {
+        match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::File(h)) => Ok((h.ino, h.append, h.data.clone())),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Open a file. The inode is read fresh from the store (close-to-open consistency).
+    pub async fn open(&self, _caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writes {
+            self.check_writable()?;
+        }
+        let inode = self.load_inode(ino, true).await?;
+        match inode.kind {
+            FileKind::Dir => return Err(FsError::IsDir),
+            FileKind::File => {}
+            _ => return Err(FsError::Unsupported),
+        }
+        let keep_cache =
+            self.files.last_seen.lock().unwrap().get(&ino) == Some(&(inode.mtime, inode.size));
+        let data = {
+            let mut open = self.files.open.lock().unwrap();
+            let state = open.entry(ino).or_insert_with(|| OpenState {
+                opens: 0,
+                unlinked: false,
+                data: Arc::new(tokio::sync::Mutex::new(FileData::new(inode.clone()))),
+                pending: None,
+            });
+            state.opens += 1;
+            state.data.clone()
+        };
+        {
+            // Another handle of this client may hold older data: take the fresh inode
+            // unless that handle has writes of its own still to flush.
+            let mut data = data.lock().await;
+            if !data.has_unflushed() && data.stored != inode {
+                *data = FileData::new(inode);
+            }
+        }
+        let fh = self.new_handle(Handle::File(FileHandle {
+            ino,
+            append: flags & libc::O_APPEND != 0,
+            data,
+        }));
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Read up to `size` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (ino, _, data) = self.file_handle(fh)?;
+        let mut data = data.lock().await;
+        let end = (offset + size as u64).min(data.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let bs = self.format.block_size;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let mut wanted: Vec<u64> = (first..=last)
+            .filter(|i| !data.dirty.contains_key(i) && !data.clean.contains_key(i))
+            .collect();
+        if offset == data.next_read && !wanted.is_empty() {
+            let stored_blocks = data.stored.size.div_ceil(bs);
+            wanted.extend(
+                (last + 1..stored_blocks.min(last + 1 + READAHEAD_BLOCKS))
+                    .filter(|i| !data.dirty.contains_key(i) && !data.clean.contains_key(i)),
+            );
+        }
+        if !wanted.is_empty() {
+            let size_now = data.size;
+            let fetched = self.fetch_blocks(ino, &wanted, size_now).await?;
+            if data.clean.len() + fetched.len() > CLEAN_BLOCKS {
+                data.clean.clear();
+            }
+            for (idx, block) in fetched {
+                data.clean.insert(idx, Arc::new(block));
+            }
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        for idx in first..=last {
+            let block = data
+                .dirty
+                .get(&idx)
+                .map(Vec::as_slice)
+                .or_else(|| data.clean.get(&idx).map(|b| b.as_slice()));
+            let Some(block) = block else { continue };
+            let block_start = idx * bs;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + block.len() as u64);
+            if from < to {
+                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                    &block[(from - block_start) as usize..(to - block_start) as usize],
+                );
+            }
+        }
+        data.next_read = end;
+        Ok(out)
+    }
+
+    /// Fetch blocks from the store; missing ones (holes) come back empty. Bytes past
+    /// `size` are cut off so that they can never reappear as file content.
+    async fn fetch_blocks(
+        &self,
+        ino: u64,
+        indices: &[u64],
+        size: u64,
+    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        let bs = self.format.block_size;
+        let keys: Vec<Key> = indices
+            .iter()
+            .map(|i| keys::block_key(ino, *i, self.format.stripes))
+            .collect();
+        let items = self.store.batch_get(&keys).await?;
+        indices
+            .iter()
+            .zip(items)
+            .map(|(idx, item)| {
+                let mut block = match item {
+                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
+                    None => Vec::new(),
+                };
+                block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
+                Ok((*idx, block))
+            })
+            .collect()
+    }
+
+    /// Write `buf` at `offset` (at the end of the file for O_APPEND handles).
+    pub async fn write(&self, fh: u64, offset: u64, buf: &[u8]) -> FsResult<u32> {
+        self.check_writable()?;
+        let (ino, append, data) = self.file_handle(fh)?;
+        let mut data = data.lock().await;
+        let offset = if append { data.size } else { offset };
+        let end = offset + buf.len() as u64;
+        let bs = self.format.block_size;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        for idx in offset / bs..=(end - 1) / bs {
+            let block_start = idx * bs;
+            let from = (offset.max(block_start) - block_start) as usize;
+            let to = (end.min(block_start + bs) - block_start) as usize;
+            if !data.dirty.contains_key(&idx) {
+                let whole = from == 0 && to as u64 == bs;
+                let base = if whole || block_start >= data.size {
+                    Vec::new()
+                } else if let Some(clean) = data.clean.get(&idx) {
+                    clean.as_ref().clone()
+                } else {
+                    let size = data.size;
+                    self.fetch_blocks(ino, &[idx], size)
+                        .await?
+                        .pop()
+                        .map(|(_, b)| b)
+                        .unwrap_or_default()
+                };
+                data.dirty_bytes += base.len();
+                data.dirty.insert(idx, base);
+            }
+            let block = data.dirty.get_mut(&idx).expect("inserted above");
+            let grown = to.saturating_sub(block.len());
+            if grown > 0 {
+                block.resize(to, 0);
+            }
+            block[from..to].copy_from_slice(
+                &buf[(block_start + from as u64 - offset) as usize
+                    ..(block_start + to as u64 - offset) as usize],
+            );
+            data.dirty_bytes += grown;
+            data.clean.remove(&idx);
+        }
+        data.size = data.size.max(end);
+        data.mtime = Some(Timestamp::now());
+        self.files.set_pending(ino, &data);
+        if data.dirty_bytes > self.config.dirty_limit {
+            self.flush_data(&mut data).await?;
+        }
+        Ok(buf.len() as u32)
+    }
+
+    /// Write buffered blocks, then the inode's new size and mtime.
+    pub(super) async fn flush_data(&self, data: &mut FileData) -> FsResult<()> {
+        if !data.has_unflushed() {
+            return Ok(());
+        }
+        let ino = data.stored.ino;
+        let bs = self.format.block_size;
+        let size = data.size;
+        let dirty = std::mem::take(&mut data.dirty);
+        let written = stream::iter(dirty.into_iter().map(|(idx, mut block)| async move {
+            block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
+            let key = keys::block_key(ino, idx, self.format.stripes);
+            let item = to_item(&BlockRecord {
+                d: ByteBuf::from(block.clone()),
+            });
+            let result = self
+                .store
+                .write(WriteOp::Put {
+                    key,
+                    item,
+                    cond: Condition::None,
+                })
+                .await;
+            (idx, block, result)
+        }))
+        .buffer_unordered(PARALLEL_BLOCKS)
+        .collect::<Vec<_>>()
+        .await;
+        let mut failure = None;
+        for (idx, block, result) in written {
+            match result {
+                Ok(()) => {
+                    data.clean.insert(idx, Arc::new(block));
+                }
+                Err(e) => {
+                    // Keep it dirty: a later flush tries again.
+                    data.dirty.insert(idx, block);
+                    failure = Some(e);
+                }
+            }
+        }
+        data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let mtime = data.mtime.unwrap_or_else(Timestamp::now);
+        let first = data.stored.clone();
+        let updated = self
+            .optimistic(|fresh| {
+                let first = first.clone();
+                async move {
+                    let inode = if fresh {
+                        self.load_inode(ino, true).await?
+                    } else {
+                        first
+                    };
+                    let mut tx = Tx::new();
+                    let new = tx.update(&inode);
+                    new.size = size;
+                    new.mtime = mtime;
+                    new.ctime = mtime;
+                    let written = tx.commit(self).await?;
+                    Ok(written.get(&ino).cloned().expect("updated inode"))
+                }
+            })
+            .await?;
+        data.stored = updated;
+        data.mtime = None;
+        self.files.set_pending(ino, data);
+        Ok(())
+    }
+
+    /// Flush the file's buffered writes (close of one descriptor).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let (_, _, data) = self.file_handle(fh)?;
+        let mut data = data.lock().await;
+        self.flush_data(&mut data).await
+    }
+
+    /// Make the file's writes durable in the store.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
+    }
+
+    /// Close a handle; the last close of an unlinked file deletes it and its data.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handles.lock().unwrap().remove(&fh);
+        let Some(Handle::File(handle)) = handle else {
+            return Err(FsError::BadHandle);
+        };
+        let flushed = {
+            let mut data = handle.data.lock().await;
+            let flushed = self.flush_data(&mut data).await;
+            self.files
+                .last_seen
+                .lock()
+                .unwrap()
+                .insert(handle.ino, (data.stored.mtime, data.stored.size));
+            flushed
+        };
+        let unlinked = {
+            let mut open = self.files.open.lock().unwrap();
+            let state = open.get_mut(&handle.ino).expect("open file state");
+            state.opens -= 1;
+            if state.opens == 0 {
+                open.remove(&handle.ino)
+                    .map(|s| s.unlinked)
+                    .unwrap_or(false)
+            } else {
+                false
+            }
+        };
+        if unlinked {
+            self.delete_orphan(handle.ino).await?;
+        }
+        flushed
+    }
+
+    /// Delete an inode left with no name once its last handle closed.
+    async fn delete_orphan(&self, ino: u64) -> FsResult<()> {
+        self.optimistic(|_| async move {
+            let inode = match self.load_inode(ino, true).await {
+                Err(FsError::NotFound) => return Ok(()),
+                other => other?,
+            };
+            if inode.nlink > 0 {
+                return Ok(());
+            }
+            let mut tx = Tx::new();
+            tx.drop_link(self, &inode);
+            tx.commit(self).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Delete the blocks a committed cleanup record names, then the record. A failure
+    /// leaves the record in place for a later run to finish.
+    pub(super) async fn finish_cleanup(&self, cleanup: Cleanup) {
+        if let Err(e) = self.trim_blocks(cleanup).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "block cleanup left unfinished");
+            return;
+        }
+        let done = WriteOp::Delete {
+            key: keys::cleanup_key(cleanup.ino),
+            cond: Condition::None,
+        };
+        if let Err(e) = self.store.write(done).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "cannot remove a finished cleanup record");
+        }
+    }
+
+    async fn trim_blocks(&self, Cleanup { ino, keep, stored }: Cleanup) -> FsResult<()> {
+        let bs = self.format.block_size;
+        let stripes = self.format.stripes;
+        if keep % bs != 0 {
+            let idx = keep / bs;
+            if let Some((_, block)) = self.fetch_blocks(ino, &[idx], keep).await?.pop() {
+                let key = keys::block_key(ino, idx, stripes);
+                self.store
+                    .write(WriteOp::Put {
+                        key,
+                        item: to_item(&BlockRecord {
+                            d: ByteBuf::from(block),
+                        }),
+                        cond: Condition::None,
+                    })
+                    .await?;
+            }
+        }
+        let first_dead = keep.div_ceil(bs);
+        let end = stored.div_ceil(bs);
+        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
+            (first_dead..end)
+                .map(|i| keys::block_key(ino, i, stripes))
+                .collect()
+        } else {
+            let mut found = Vec::new();
+            for stripe in 0..stripes {
+                let partition = keys::block_partition(ino, stripe);
+                let mut after = first_dead.checked_sub(1).map(SortKey::N);
+                loop {
+                    let page = self
+                        .store
+                        .query(Table::Blocks, &partition, after.as_ref(), 1000)
+                        .await?;
+                    after = page.items.last().map(|(sk, _)| sk.clone());
+                    found.extend(page.items.into_iter().map(|(sk, _)| Key {
+                        table: Table::Blocks,
+                        pk: partition.clone(),
+                        sk,
+                    }));
+                    if !page.more {
+                        break;
+                    }
+                }
+            }
+            found
+        };
+        stream::iter(doomed.into_iter().map(|key| {
+            self.store.write(WriteOp::Delete {
+                key,
+                cond: Condition::None,
+            })
+        }))
+        .buffer_unordered(PARALLEL_BLOCKS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+}
+
+/// A block item of the blocks table: `d` holds the bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlockRecord {
+    d: ByteBuf,
+}

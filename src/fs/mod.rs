@@ -1,0 +1,425 @@
+//! The filesystem: POSIX rules over a [`Store`], free of any FUSE types.
+//!
+//! Each operation lives in the file named after it (`create.rs`, `rename.rs`, ...).
+//! Every read-modify-write is an optimistic attempt — read what it depends on,
+//! build one transaction conditioned on the versions read, commit — retried on
+//! conflict through [`crate::retry`]. The first attempt may use cached records; a
+//! retry always reads fresh ones.
+//!
+//! Caches: inode records and directory entries are kept for `attr_ttl`/`entry_ttl`
+//! (other clients' changes become visible within that time); `open` always reads the
+//! inode fresh (close-to-open consistency); file data of open files is buffered per
+//! inode and written back on flush, fsync and close.
+
+mod create;
+mod dir;
+pub mod error;
+mod file;
+mod lookup;
+mod remove;
+mod rename;
+mod setattr;
+mod tx;
+mod xattr;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use error::{FsError, FsResult};
+pub use file::Opened;
+pub use rename::RenameMode;
+pub use setattr::{SetAttr, SetTime};
+pub use xattr::XattrMode;
+
+use crate::keys::{self, ROOT_INO};
+use crate::records::{
+    from_item, to_item, Entry, FileKind, Format, Inode, Timestamp, FORMAT_VERSION,
+};
+use crate::retry::{retry, Policy};
+use crate::store::{Condition, Store, StoreError, WriteOp};
+
+/// Longest file name, in bytes.
+pub const NAME_MAX: usize = 255;
+/// Default data block size for new filesystems.
+pub const DEFAULT_BLOCK_SIZE: u64 = 256 * 1024;
+/// Default number of partitions the blocks of one file are spread over.
+pub const DEFAULT_STRIPES: u64 = 16;
+const INODE_BATCH: u64 = 1024;
+
+/// How a mount behaves.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// How long inode attributes may be served from cache.
+    pub attr_ttl: Duration,
+    /// How long directory entries may be served from cache.
+    pub entry_ttl: Duration,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Report every file as owned by this user.
+    pub uid: Option<u32>,
+    /// Report every file as owned by this group.
+    pub gid: Option<u32>,
+    /// Clear these permission bits in every reported mode.
+    pub umask: Option<u32>,
+    /// Unflushed bytes per open file before they are written back early.
+    pub dirty_limit: usize,
+    /// Owner of the root directory when the filesystem is first formatted.
+    pub root_owner: (u32, u32),
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            read_only: false,
+            uid: None,
+            gid: None,
+            umask: None,
+            dirty_limit: 16 * 1024 * 1024,
+            root_owner: (0, 0),
+        }
+    }
+}
+
+/// Who is asking: the credentials of the calling process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+impl Caller {
+    /// The superuser.
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+}
+
+/// One directory entry as listed by readdir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind of node.
+    pub kind: FileKind,
+    /// Name bytes.
+    pub name: Vec<u8>,
+}
+
+/// Figures reported by statfs.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    /// Block size for statfs.
+    pub block_size: u64,
+    /// Total blocks (DynamoDB has no fixed capacity: a large constant).
+    pub blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub free_files: u64,
+}
+
+/// (directory inode, name bytes).
+type EntryKey = (u64, Vec<u8>);
+
+struct Cached<T> {
+    value: T,
+    at: Instant,
+}
+
+/// A dynamofs filesystem over one store.
+pub struct Fs {
+    store: Arc<dyn Store>,
+    format: Format,
+    config: FsConfig,
+    next_inodes: tokio::sync::Mutex<(u64, u64)>,
+    inodes: Mutex<HashMap<u64, Cached<Inode>>>,
+    entries: Mutex<HashMap<EntryKey, Cached<Entry>>>,
+    files: file::OpenFiles,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+}
+
+enum Handle {
+    File(file::FileHandle),
+    Dir(dir::DirHandle),
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Open the filesystem on `store`, formatting it if it is empty. Fails if the
+    /// store holds another format version.
+    pub async fn new(store: Arc<dyn Store>, config: FsConfig) -> FsResult<Fs> {
+        let format = match store.get(&keys::format_key()).await? {
+            Some(item) => from_item::<Format>(item)?,
+            None => Self::format(store.as_ref(), &config).await?,
+        };
+        if format.version != FORMAT_VERSION {
+            return Err(StoreError::fatal(format!(
+                "the tables hold dynamofs format version {}, but this build reads version {FORMAT_VERSION}",
+                format.version
+            ))
+            .into());
+        }
+        Ok(Fs {
+            store,
+            format,
+            config,
+            next_inodes: tokio::sync::Mutex::new((0, 0)),
+            inodes: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
+            files: file::OpenFiles::default(),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    async fn format(store: &dyn Store, config: &FsConfig) -> FsResult<Format> {
+        let format = Format {
+            version: FORMAT_VERSION,
+            block_size: DEFAULT_BLOCK_SIZE,
+            stripes: DEFAULT_STRIPES,
+        };
+        let now = Timestamp::now();
+        let root = Inode {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: config.root_owner.0,
+            gid: config.root_owner.1,
+            size: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent: ROOT_INO,
+            target: Vec::new(),
+            xattrs: Default::default(),
+            ver: 1,
+        };
+        let ops = vec![
+            WriteOp::Put {
+                key: keys::format_key(),
+                item: to_item(&format),
+                cond: Condition::Absent,
+            },
+            WriteOp::Put {
+                key: keys::inode_key(ROOT_INO),
+                item: to_item(&root),
+                cond: Condition::Absent,
+            },
+        ];
+        match store.transact(ops).await {
+            Ok(()) => {
+                tracing::info!("formatted a new filesystem");
+                Ok(format)
+            }
+            // Another client formatted it at the same moment: use theirs.
+            Err(StoreError::Conflict) => {
+                let item = store
+                    .get(&keys::format_key())
+                    .await?
+                    .ok_or(FsError::NotFound)?;
+                Ok(from_item(item)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The format record of this filesystem.
+    pub fn format_record(&self) -> &Format {
+        &self.format
+    }
+
+    /// The mount configuration.
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An inode as the caller should see it: mount overrides applied and the size
+    /// and mtime of unflushed writes of this client included.
+    fn present(&self, mut inode: Inode) -> Inode {
+        self.files.overlay(&mut inode);
+        if let Some(uid) = self.config.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = self.config.gid {
+            inode.gid = gid;
+        }
+        if let Some(umask) = self.config.umask {
+            inode.mode &= !umask;
+        }
+        inode
+    }
+
+    /// Take a fresh inode number from this client's batch, refilling it from the
+    /// global counter `INODE_BATCH` at a time.
+    async fn alloc_ino(&self) -> FsResult<u64> {
+        let mut range = self.next_inodes.lock().await;
+        loop {
+            if range.0 < range.1 {
+                let ino = range.0;
+                range.0 += 1;
+                if ino > ROOT_INO {
+                    return Ok(ino);
+                }
+                continue;
+            }
+            let end = self
+                .store
+                .add(&keys::inode_counter_key(), "next", INODE_BATCH)
+                .await?;
+            *range = (end - INODE_BATCH, end);
+        }
+    }
+
+    fn cache_inode(&self, inode: &Inode) {
+        let mut cache = self.inodes.lock().unwrap();
+        cache.insert(
+            inode.ino,
+            Cached {
+                value: inode.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget_inode(&self, ino: u64) {
+        self.inodes.lock().unwrap().remove(&ino);
+    }
+
+    fn cache_entry(&self, dir: u64, name: &[u8], entry: Option<Entry>) {
+        let mut cache = self.entries.lock().unwrap();
+        match entry {
+            Some(value) => cache.insert(
+                (dir, name.to_vec()),
+                Cached {
+                    value,
+                    at: Instant::now(),
+                },
+            ),
+            None => cache.remove(&(dir, name.to_vec())),
+        };
+    }
+
+    /// Read an inode; `fresh` bypasses the cache.
+    async fn load_inode(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
+        if !fresh {
+            let cache = self.inodes.lock().unwrap();
+            if let Some(c) = cache.get(&ino) {
+                if c.at.elapsed() < self.config.attr_ttl {
+                    return Ok(c.value.clone());
+                }
+            }
+        }
+        match self.store.get(&keys::inode_key(ino)).await? {
+            Some(item) => {
+                let inode: Inode = from_item(item)?;
+                self.cache_inode(&inode);
+                Ok(inode)
+            }
+            None => {
+                self.forget_inode(ino);
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    /// Read a directory's inode, failing with ENOTDIR if it is something else.
+    async fn load_dir(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
+        let inode = self.load_inode(ino, fresh).await?;
+        if inode.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(inode)
+    }
+
+    /// Read the entry `name` of directory `dir`; `fresh` bypasses the cache.
+    async fn load_entry(&self, dir: u64, name: &[u8], fresh: bool) -> FsResult<Option<Entry>> {
+        if !fresh {
+            let cache = self.entries.lock().unwrap();
+            if let Some(c) = cache.get(&(dir, name.to_vec())) {
+                if c.at.elapsed() < self.config.entry_ttl {
+                    return Ok(Some(c.value));
+                }
+            }
+        }
+        let entry = match self.store.get(&keys::entry_key(dir, name)).await? {
+            Some(item) => Some(from_item::<Entry>(item)?),
+            None => None,
+        };
+        self.cache_entry(dir, name, entry);
+        Ok(entry)
+    }
+
+    /// Run one optimistic attempt until it commits without conflict. The attempt is
+    /// told whether it must read fresh records (every attempt after the first).
+    async fn optimistic<T, F, Fut>(&self, mut attempt: F) -> FsResult<T>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: std::future::Future<Output = FsResult<T>>,
+    {
+        let mut tries = 0u32;
+        retry(
+            Policy::CONFLICT,
+            || {
+                tries += 1;
+                attempt(tries > 1)
+            },
+            FsError::is_conflict,
+        )
+        .await
+    }
+
+    fn new_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, handle);
+        fh
+    }
+}
+
+/// Whether `caller` may act as the owner of `inode` (chmod, utimens to explicit times).
+fn is_owner(caller: Caller, inode: &Inode) -> bool {
+    caller.uid == 0 || caller.uid == inode.uid
+}
+
+/// Whether the mode bits of `inode` grant `caller` all of `mask` (`R_OK|W_OK|X_OK` bits).
+fn mode_allows(caller: Caller, inode: &Inode, mask: u32) -> bool {
+    if caller.uid == 0 {
+        // Root may do anything but execute a file no one may execute.
+        return mask & libc::X_OK as u32 == 0
+            || inode.kind == FileKind::Dir
+            || inode.mode & 0o111 != 0;
+    }
+    let bits = if caller.uid == inode.uid {
+        inode.mode >> 6
+    } else if caller.gid == inode.gid {
+        inode.mode >> 3
+    } else {
+        inode.mode
+    } & 0o7;
+    bits & mask == mask
+}

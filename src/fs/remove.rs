@@ -1,0 +1,65 @@
+//! unlink and rmdir: every operation that removes a name.
+
+use super::tx::Tx;
+use super::{check_name, Fs, FsError, FsResult};
+use crate::keys;
+use crate::records::FileKind;
+use crate::store::Table;
+
+impl Fs {
+    /// Whether directory `dir` has no entries.
+    pub(super) async fn dir_is_empty(&self, dir: u64) -> FsResult<bool> {
+        let page = self
+            .store
+            .query(Table::Meta, &keys::entries_partition(dir), None, 1)
+            .await?;
+        Ok(page.items.is_empty())
+    }
+
+    /// Remove the name `parent/name` of a non-directory.
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, false).await
+    }
+
+    /// Remove the empty directory `parent/name`.
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, true).await
+    }
+
+    async fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> FsResult<()> {
+        self.check_writable()?;
+        if name == b"." {
+            return Err(FsError::Invalid);
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        check_name(name)?;
+        self.optimistic(|fresh| async move {
+            let entry = self
+                .load_entry(parent, name, true)
+                .await?
+                .ok_or(FsError::NotFound)?;
+            let is_dir = entry.kind == FileKind::Dir;
+            match (want_dir, is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                _ => {}
+            }
+            let dir = self.load_dir(parent, fresh).await?;
+            let inode = self.load_inode(entry.ino, true).await?;
+            if is_dir && !self.dir_is_empty(entry.ino).await? {
+                return Err(FsError::NotEmpty);
+            }
+            let mut tx = Tx::new();
+            tx.delete_entry(parent, name);
+            tx.drop_link(self, &inode);
+            let dir = tx.touch_dir(&dir);
+            if is_dir {
+                dir.nlink -= 1;
+            }
+            tx.commit(self).await.map(|_| ())
+        })
+        .await
+    }
+}

@@ -1,0 +1,200 @@
+//! One optimistic transaction: the inode and entry changes of a metadata operation,
+//! each conditioned on the version it was read at, committed all at once.
+
+use std::collections::BTreeMap;
+
+use super::{Fs, FsResult};
+use crate::keys;
+use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
+use crate::store::{Condition, WriteOp};
+
+enum InodeChange {
+    Create(Inode),
+    Update { read_ver: u64, inode: Inode },
+    Delete { read_ver: u64 },
+}
+
+/// The changes of one metadata operation, built up and then committed together.
+pub(super) struct Tx {
+    inodes: BTreeMap<u64, InodeChange>,
+    entries: Vec<(u64, Vec<u8>, Option<Entry>, Condition)>,
+    cleanups: Vec<Cleanup>,
+    orphans: Vec<u64>,
+    now: Timestamp,
+}
+
+impl Tx {
+    pub(super) fn new() -> Self {
+        Tx {
+            inodes: BTreeMap::new(),
+            entries: Vec::new(),
+            cleanups: Vec::new(),
+            orphans: Vec::new(),
+            now: Timestamp::now(),
+        }
+    }
+
+    /// The time this operation happened at.
+    pub(super) fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Change `inode` (as read); repeated calls for one inode change the same copy.
+    pub(super) fn update(&mut self, inode: &Inode) -> &mut Inode {
+        let change = self
+            .inodes
+            .entry(inode.ino)
+            .or_insert_with(|| InodeChange::Update {
+                read_ver: inode.ver,
+                inode: inode.clone(),
+            });
+        match change {
+            InodeChange::Create(inode) | InodeChange::Update { inode, .. } => inode,
+            InodeChange::Delete { .. } => {
+                unreachable!("inode {} changed after its deletion", inode.ino)
+            }
+        }
+    }
+
+    /// Bump the change and modification times of a directory whose entries change.
+    pub(super) fn touch_dir(&mut self, dir: &Inode) -> &mut Inode {
+        let now = self.now;
+        let dir = self.update(dir);
+        dir.mtime = now;
+        dir.ctime = now;
+        dir
+    }
+
+    /// Create a new inode (the transaction fails if its number is taken).
+    pub(super) fn create(&mut self, inode: Inode) {
+        self.inodes.insert(inode.ino, InodeChange::Create(inode));
+    }
+
+    /// Point `dir/name` at `entry`, under `cond` (Absent for an exclusive create).
+    pub(super) fn put_entry(&mut self, dir: u64, name: &[u8], entry: Entry, cond: Condition) {
+        self.entries.push((dir, name.to_vec(), Some(entry), cond));
+    }
+
+    /// Remove `dir/name`, which must exist.
+    pub(super) fn delete_entry(&mut self, dir: u64, name: &[u8]) {
+        self.entries
+            .push((dir, name.to_vec(), None, Condition::Present));
+    }
+
+    /// One name of `inode` goes away: drop its link count, and when no name is left
+    /// either keep it for the handles open on this client or delete it with its data.
+    pub(super) fn drop_link(&mut self, fs: &Fs, inode: &Inode) {
+        let now = self.now;
+        let is_dir = inode.kind == FileKind::Dir;
+        let last = is_dir || inode.nlink <= 1;
+        if !last {
+            let inode = self.update(inode);
+            inode.nlink -= 1;
+            inode.ctime = now;
+        } else if fs.files.is_open(inode.ino) {
+            self.orphans.push(inode.ino);
+            let inode = self.update(inode);
+            inode.nlink = 0;
+            inode.ctime = now;
+        } else {
+            self.inodes.insert(
+                inode.ino,
+                InodeChange::Delete {
+                    read_ver: inode.ver,
+                },
+            );
+            self.add_cleanup(inode.ino, 0, inode.size);
+        }
+    }
+
+    /// Record, in this transaction, that the bytes of `ino` from `keep` to `stored`
+    /// are garbage; they are deleted after the commit.
+    pub(super) fn add_cleanup(&mut self, ino: u64, keep: u64, stored: u64) {
+        if stored > keep {
+            self.cleanups.push(Cleanup { ino, keep, stored });
+        }
+    }
+
+    fn ops(&self) -> Vec<WriteOp> {
+        let mut ops = Vec::new();
+        for (dir, name, entry, cond) in &self.entries {
+            let key = keys::entry_key(*dir, name);
+            ops.push(match entry {
+                Some(entry) => WriteOp::Put {
+                    key,
+                    item: to_item(entry),
+                    cond: cond.clone(),
+                },
+                None => WriteOp::Delete {
+                    key,
+                    cond: cond.clone(),
+                },
+            });
+        }
+        for (ino, change) in &self.inodes {
+            let key = keys::inode_key(*ino);
+            ops.push(match change {
+                InodeChange::Create(inode) => WriteOp::Put {
+                    key,
+                    item: to_item(inode),
+                    cond: Condition::Absent,
+                },
+                InodeChange::Update { read_ver, inode } => {
+                    let mut inode = inode.clone();
+                    inode.ver = read_ver + 1;
+                    WriteOp::Put {
+                        key,
+                        item: to_item(&inode),
+                        cond: Condition::VersionIs(*read_ver),
+                    }
+                }
+                InodeChange::Delete { read_ver } => WriteOp::Delete {
+                    key,
+                    cond: Condition::VersionIs(*read_ver),
+                },
+            });
+        }
+        for cleanup in &self.cleanups {
+            ops.push(WriteOp::Put {
+                key: keys::cleanup_key(cleanup.ino),
+                item: to_item(cleanup),
+                cond: Condition::None,
+            });
+        }
+        ops
+    }
+
+    /// Commit everything in one transaction, then bring this client's caches up to
+    /// date and delete the data of inodes that went away. Returns the new inodes.
+    pub(super) async fn commit(self, fs: &Fs) -> FsResult<BTreeMap<u64, Inode>> {
+        fs.store.transact(self.ops()).await?;
+        for (dir, name, entry, _) in &self.entries {
+            fs.cache_entry(*dir, name, *entry);
+        }
+        let mut written = BTreeMap::new();
+        for (ino, change) in self.inodes {
+            match change {
+                InodeChange::Create(inode) => {
+                    fs.cache_inode(&inode);
+                    written.insert(ino, inode);
+                }
+                InodeChange::Update {
+                    read_ver,
+                    mut inode,
+                } => {
+                    inode.ver = read_ver + 1;
+                    fs.cache_inode(&inode);
+                    written.insert(ino, inode);
+                }
+                InodeChange::Delete { .. } => fs.forget_inode(ino),
+            }
+        }
+        for ino in self.orphans {
+            fs.files.mark_unlinked(ino);
+        }
+        for cleanup in self.cleanups {
+            fs.finish_cleanup(cleanup).await;
+        }
+        Ok(written)
+    }
+}

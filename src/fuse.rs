@@ -1,0 +1,667 @@
+//! The FUSE adapter: converts fuser's arguments, opens a tracing span, runs the
+//! filesystem operation on the tokio runtime and replies from that task, so one slow
+//! DynamoDB request never holds up the kernel's other requests.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use tracing::Instrument;
+
+use crate::fs::{Caller, Fs, FsError, Opened, RenameMode, SetAttr, SetTime, XattrMode};
+use crate::records::{FileKind, Inode};
+
+/// The fuser [`Filesystem`] over a [`Fs`].
+pub struct DynamoFuse {
+    fs: Arc<Fs>,
+    rt: tokio::runtime::Handle,
+}
+
+impl DynamoFuse {
+    /// Serve `fs`, running its operations on `rt`.
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
+        DynamoFuse { fs, rt }
+    }
+
+    /// Run `op` on the runtime; reply with `ok` on success or with the errno on failure.
+    fn run<T, R, Fut>(
+        &self,
+        name: &'static str,
+        ino: u64,
+        reply: R,
+        op: impl FnOnce(Arc<Fs>) -> Fut,
+        ok: impl FnOnce(R, T) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        R: ErrorReply + Send + 'static,
+        Fut: Future<Output = Result<T, FsError>> + Send + 'static,
+    {
+        let span = tracing::debug_span!("fuse", op = name, ino);
+        let fut = op(self.fs.clone());
+        self.rt.spawn(
+            async move {
+                match fut.await {
+                    Ok(value) => ok(reply, value),
+                    Err(e) => {
+                        match &e {
+                            FsError::Store(_) => tracing::warn!(error = %e, "operation failed"),
+                            _ => tracing::debug!(error = %e, "operation refused"),
+                        }
+                        reply.error(Errno::from_i32(e.errno()));
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The replies that can carry an errno.
+pub trait ErrorReply {
+    /// Reply with `errno`.
+    fn error(self, errno: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(impl ErrorReply for $t { fn error(self, errno: Errno) { <$t>::error(self, errno) } })*};
+}
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Char => FileType::CharDevice,
+        FileKind::Block => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+/// The kernel's view of an inode.
+pub fn to_file_attr(inode: &Inode, blksize: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(inode.ino),
+        size: inode.size,
+        blocks: inode.size.div_ceil(512),
+        atime: inode.atime.into(),
+        mtime: inode.mtime.into(),
+        ctime: inode.ctime.into(),
+        crtime: inode.ctime.into(),
+        kind: file_type(inode.kind),
+        perm: inode.mode as u16,
+        nlink: inode.nlink,
+        uid: inode.uid,
+        gid: inode.gid,
+        rdev: inode.rdev,
+        blksize,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::At(at.into()),
+    })
+}
+
+fn open_flags(opened: Opened) -> FopenFlags {
+    if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: Vec<u8>) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(&value);
+    }
+}
+
+impl Filesystem for DynamoFuse {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        let (ttl, blksize) = (
+            self.fs.config().entry_ttl,
+            self.fs.format_record().block_size as u32,
+        );
+        self.run(
+            "lookup",
+            parent.0,
+            reply,
+            move |fs| async move { fs.lookup(parent.0, &name).await },
+            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (ttl, blksize) = (
+            self.fs.config().attr_ttl,
+            self.fs.format_record().block_size as u32,
+        );
+        self.run(
+            "getattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.getattr(ino.0).await },
+            move |r, inode| r.attr(&ttl, &to_file_attr(&inode, blksize)),
+        );
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let who = caller(req);
+        let attr = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let (ttl, blksize) = (
+            self.fs.config().attr_ttl,
+            self.fs.format_record().block_size as u32,
+        );
+        self.run(
+            "setattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.setattr(who, ino.0, attr).await },
+            move |r, inode| r.attr(&ttl, &to_file_attr(&inode, blksize)),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(
+            "readlink",
+            ino.0,
+            reply,
+            move |fs| async move { fs.readlink(ino.0).await },
+            |r, target| r.data(&target),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (who, name, ttl) = (
+            caller(req),
+            name.as_bytes().to_vec(),
+            self.fs.config().entry_ttl,
+        );
+        let blksize = self.fs.format_record().block_size as u32;
+        self.run(
+            "mknod",
+            parent.0,
+            reply,
+            move |fs| async move { fs.mknod(who, parent.0, &name, mode, rdev).await },
+            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (who, name, ttl) = (
+            caller(req),
+            name.as_bytes().to_vec(),
+            self.fs.config().entry_ttl,
+        );
+        let blksize = self.fs.format_record().block_size as u32;
+        self.run(
+            "mkdir",
+            parent.0,
+            reply,
+            move |fs| async move { fs.mkdir(who, parent.0, &name, mode).await },
+            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.run(
+            "unlink",
+            parent.0,
+            reply,
+            move |fs| async move { fs.unlink(parent.0, &name).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.run(
+            "rmdir",
+            parent.0,
+            reply,
+            move |fs| async move { fs.rmdir(parent.0, &name).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (who, name, ttl) = (
+            caller(req),
+            link_name.as_bytes().to_vec(),
+            self.fs.config().entry_ttl,
+        );
+        let target = target.as_os_str().as_bytes().to_vec();
+        let blksize = self.fs.format_record().block_size as u32;
+        self.run(
+            "symlink",
+            parent.0,
+            reply,
+            move |fs| async move { fs.symlink(who, parent.0, &name, &target).await },
+            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        };
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.run(
+            "rename",
+            parent.0,
+            reply,
+            move |fs| async move {
+                fs.rename(parent.0, &name, newparent.0, &newname, mode)
+                    .await
+            },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (name, ttl) = (newname.as_bytes().to_vec(), self.fs.config().entry_ttl);
+        let blksize = self.fs.format_record().block_size as u32;
+        self.run(
+            "link",
+            ino.0,
+            reply,
+            move |fs| async move { fs.link(ino.0, newparent.0, &name).await },
+            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
+        );
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let who = caller(req);
+        self.run(
+            "open",
+            ino.0,
+            reply,
+            move |fs| async move { fs.open(who, ino.0, flags.0).await },
+            |r, opened| r.opened(FileHandle(opened.fh), open_flags(opened)),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(
+            "read",
+            ino.0,
+            reply,
+            move |fs| async move { fs.read(fh.0, offset, size).await },
+            |r, data| r.data(&data),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(
+            "write",
+            ino.0,
+            reply,
+            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            |r, n| r.written(n),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            "flush",
+            ino.0,
+            reply,
+            move |fs| async move { fs.flush(fh.0).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            "release",
+            ino.0,
+            reply,
+            move |fs| async move { fs.release(fh.0).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            "fsync",
+            ino.0,
+            reply,
+            move |fs| async move { fs.fsync(fh.0).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(
+            "opendir",
+            ino.0,
+            reply,
+            move |fs| async move { fs.opendir(ino.0).await },
+            |r, fh| r.opened(FileHandle(fh), FopenFlags::empty()),
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.run(
+            "readdir",
+            ino.0,
+            reply,
+            move |fs| async move { fs.readdir(ino.0, fh.0, offset).await },
+            move |mut r, entries| {
+                for (i, entry) in entries.iter().enumerate() {
+                    let next = offset + i as u64 + 1;
+                    if r.add(
+                        INodeNo(entry.ino),
+                        next,
+                        file_type(entry.kind),
+                        OsStr::from_bytes(&entry.name),
+                    ) {
+                        break;
+                    }
+                }
+                r.ok()
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are committed to the store before their call returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks,
+            s.free_blocks,
+            s.free_blocks,
+            s.files,
+            s.free_files,
+            s.block_size as u32,
+            crate::fs::NAME_MAX as u32,
+            s.block_size as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Set,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.run(
+            "setxattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.setxattr(ino.0, &name, &value, mode).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        self.run(
+            "getxattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.getxattr(ino.0, &name).await },
+            move |r, v| xattr_reply(r, size, v),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.run(
+            "listxattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.listxattr(ino.0).await },
+            move |r, v| xattr_reply(r, size, v),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.run(
+            "removexattr",
+            ino.0,
+            reply,
+            move |fs| async move { fs.removexattr(ino.0, &name).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let who = caller(req);
+        let mask = mask.bits();
+        self.run(
+            "access",
+            ino.0,
+            reply,
+            move |fs| async move { fs.access(who, ino.0, mask).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (who, name, ttl) = (
+            caller(req),
+            name.as_bytes().to_vec(),
+            self.fs.config().entry_ttl,
+        );
+        let blksize = self.fs.format_record().block_size as u32;
+        self.run(
+            "create",
+            parent.0,
+            reply,
+            move |fs| async move { fs.create(who, parent.0, &name, mode, flags).await },
+            move |r, (inode, opened)| {
+                r.created(
+                    &ttl,
+                    &to_file_attr(&inode, blksize),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    open_flags(opened),
+                )
+            },
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The key layout: where every record kind lives in the two tables.
+//!
+//! ```text
+//! <TABLE>         path (S, hash)     name (S, range)    record
+//! ------------------------------------------------------------------------------
+//!                 f:                 format             Format: version, block size, stripes
+//!                 f:                 inodes             inode counter: next (N), taken by ADD
+//!                 i:<ino>            .                  Inode: kind, mode, owner, size, times,
+//!                                                       nlink, parent, symlink target, xattrs, ver
+//!                 d:<dir ino>        <encoded name>     Entry: child ino, kind
+//!                 g:                 <ino>              pending block cleanup (truncate, delete)
+//!                 s:                 <session id>       reserved for client sessions
+//!                 l:<ino>            <owner/range>      reserved for byte-range locks
+//!
+//! <TABLE>Blocks   blockId (S, hash)  blockNum (N, range)
+//! ------------------------------------------------------------------------------
+//!                 <ino>:<stripe>     <block index>      data (B): at most one block
+//! ```
+//!
+//! Inode numbers are decimal. Block `n` of inode `i` lives in partition
+//! `i:(n mod stripes)`, so a large file spreads over `stripes` partitions and every
+//! block of one stripe can be found (for deletion) by a query of that partition.
+//!
+//! Names are bytes on Linux but strings in DynamoDB: a name that is valid UTF-8 and
+//! does not begin with U+0001 is stored as it is; any other name is stored as U+0001
+//! followed by the URL-safe base64 of its bytes, so every name round-trips exactly.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::store::Key;
+
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+const ESCAPE: char = '\u{1}';
+
+/// Key of the format record.
+pub fn format_key() -> Key {
+    Key::meta("f:", "format")
+}
+
+/// Key of the global inode counter.
+pub fn inode_counter_key() -> Key {
+    Key::meta("f:", "inodes")
+}
+
+/// Key of inode `ino`'s attribute record.
+pub fn inode_key(ino: u64) -> Key {
+    Key::meta(format!("i:{ino}"), ".")
+}
+
+/// Partition holding the entries of directory `dir`.
+pub fn entries_partition(dir: u64) -> String {
+    format!("d:{dir}")
+}
+
+/// Key of the entry `name` in directory `dir`.
+pub fn entry_key(dir: u64, name: &[u8]) -> Key {
+    Key::meta(entries_partition(dir), encode_name(name))
+}
+
+/// Partition of the pending block cleanups.
+pub const CLEANUP_PARTITION: &str = "g:";
+
+/// Key of the pending block cleanup of inode `ino`.
+pub fn cleanup_key(ino: u64) -> Key {
+    Key::meta(CLEANUP_PARTITION, ino.to_string())
+}
+
+/// Partition (blockId) of stripe `stripe` of inode `ino`.
+pub fn block_partition(ino: u64, stripe: u64) -> String {
+    format!("{ino}:{stripe}")
+}
+
+/// Key of block `index` of inode `ino` when files are spread over `stripes` partitions.
+pub fn block_key(ino: u64, index: u64, stripes: u64) -> Key {
+    Key::block(block_partition(ino, index % stripes), index)
+}
+
+/// The stored form of a file name (see the module header).
+pub fn encode_name(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) if !s.starts_with(ESCAPE) => s.to_owned(),
+        _ => format!("{ESCAPE}{}", URL_SAFE_NO_PAD.encode(name)),
+    }
+}
+
+/// The bytes of a stored name; `None` if it is not a valid encoding.
+pub fn decode_name(stored: &str) -> Option<Vec<u8>> {
+    match stored.strip_prefix(ESCAPE) {
+        Some(b64) => URL_SAFE_NO_PAD.decode(b64).ok(),
+        None => Some(stored.as_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn names_round_trip(name in proptest::collection::vec(1u8..=255, 1..255)) {
+            prop_assert_eq!(decode_name(&encode_name(&name)), Some(name));
+        }
+    }
+
+    #[test]
+    fn plain_names_are_stored_readably() {
+        assert_eq!(encode_name(b"hello.txt"), "hello.txt");
+        assert!(encode_name(b"\xff\xfe").starts_with(ESCAPE));
+        assert!(encode_name("\u{1}x".as_bytes()).starts_with(ESCAPE));
+    }
+}

@@ -1,0 +1,396 @@
+//! Mounting: the mount(2) call with type `fuse.dynamo`, the check for an existing
+//! mount, daemonizing with a readiness report to the parent, and the session loop.
+//!
+//! We call mount(2) ourselves rather than let fuser do it, so that the mount's type
+//! is `fuse.dynamo` (findmnt and `umount -t` see it) and an external `umount` never
+//! makes us unmount whatever lies beneath the mountpoint.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cli::{MountArgs, MountOptions};
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::DynamoFuse;
+
+/// The filesystem type this program mounts.
+pub const FS_TYPE: &str = "fuse.dynamo";
+
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(u8::from_str_radix(&field[i + 1..i + 4], 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The filesystem type mounted at `mountpoint`, if it is a mountpoint.
+pub fn mounted_type(mountpoint: &Path) -> io::Result<Option<String>> {
+    let wanted = mountpoint.as_os_str().as_bytes();
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() > sep + 1 && fields.len() > 4 && unescape_mountinfo(fields[4]) == wanted {
+            // The last mount on a path is the visible one.
+            found = Some(fields[sep + 1].to_string());
+        }
+    }
+    Ok(found)
+}
+
+/// Open /dev/fuse and mount it at `mountpoint` with type `fuse.dynamo`.
+pub fn fuse_mount(source: &str, mountpoint: &Path, options: &MountOptions) -> io::Result<OwnedFd> {
+    let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot open /dev/fuse ({e}): is the fuse kernel module loaded (modprobe fuse)?"))
+    })?;
+    let fd: OwnedFd = dev.into();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
+        fd.as_raw_fd()
+    );
+    if options.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    if options.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if options.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a mount argument")
+        })
+    };
+    let (src, target, fstype, data) = (
+        c(source.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(FS_TYPE.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mount(2) of {} failed: {e}", mountpoint.display()),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Detach the mount at `mountpoint` (what `umount -l` does).
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    let target = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: target is a valid NUL-terminated string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The daemon side of a forked mount: tells the waiting parent how the mount went.
+pub struct Readiness {
+    pipe: Option<std::fs::File>,
+}
+
+impl Readiness {
+    /// In the foreground there is nobody to tell.
+    pub fn foreground() -> Self {
+        Readiness { pipe: None }
+    }
+
+    /// The mount is live: let the parent exit 0.
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"OK");
+        }
+    }
+
+    /// The mount failed: the parent prints `message` and exits 1.
+    pub fn failed(&mut self, message: &str) {
+        match self.pipe.take() {
+            Some(mut pipe) => {
+                let _ = pipe.write_all(message.as_bytes());
+            }
+            None => eprintln!("dynamofs: {message}"),
+        }
+    }
+}
+
+fn default_logfile() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let system = PathBuf::from("/var/log/dynamofs.log");
+    if uid == 0
+        && OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&system)
+            .is_ok()
+    {
+        system
+    } else {
+        PathBuf::from(format!("/tmp/dynamofs-{uid}.log"))
+    }
+}
+
+/// Fork into the background. Must run before any thread exists. The parent waits
+/// for the child's readiness report and exits with it; the child returns.
+pub fn daemonize(logfile: Option<&Path>) -> io::Result<Readiness> {
+    let logfile = logfile
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_logfile);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&logfile)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open log file {}: {e}", logfile.display()),
+            )
+        })?;
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (mut reader, writer) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: no other thread exists yet (documented precondition).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(reader);
+            // SAFETY: plain syscalls on descriptors we own.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                libc::dup2(log.into_raw_fd(), 2);
+            }
+            let _ = std::env::set_current_dir("/");
+            Ok(Readiness { pipe: Some(writer) })
+        }
+        _ => {
+            drop(writer);
+            let mut answer = String::new();
+            let _ = reader.read_to_string(&mut answer);
+            if answer == "OK" {
+                std::process::exit(0);
+            }
+            if answer.is_empty() {
+                answer = format!(
+                    "the mount process exited before the mount was ready; see {}",
+                    logfile.display()
+                );
+            }
+            eprintln!("dynamofs: {answer}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Block the termination signals in this thread and all threads started after it,
+/// and return a closure that waits for one of them.
+fn block_termination_signals() -> impl FnOnce() -> i32 {
+    // SAFETY: sigset manipulation on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    move || {
+        let mut sig = 0;
+        // SAFETY: set is a valid signal set; sig receives the signal number.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        sig
+    }
+}
+
+/// Mount and serve until unmounted. Returns the process exit code.
+pub fn run(args: MountArgs) -> i32 {
+    let options = match MountOptions::parse(&args.options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dynamofs: {e}");
+            return 2;
+        }
+    };
+    let mountpoint = match std::fs::canonicalize(&args.mountpoint) {
+        Ok(p) if p.is_dir() => p,
+        Ok(p) => {
+            eprintln!("dynamofs: mountpoint {} is not a directory", p.display());
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("dynamofs: mountpoint {}: {e}", args.mountpoint.display());
+            return 1;
+        }
+    };
+    if let Ok(Some(fstype)) = mounted_type(&mountpoint) {
+        if fstype == FS_TYPE {
+            eprintln!(
+                "dynamofs: {} is already a dynamofs mount; unmount it first",
+                mountpoint.display()
+            );
+            return 1;
+        }
+    }
+    let mut readiness = if args.foreground || (args.debug && options.logfile.is_none()) {
+        Readiness::foreground()
+    } else {
+        match daemonize(options.logfile.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("dynamofs: cannot daemonize: {e}");
+                return 1;
+            }
+        }
+    };
+    init_logging(args.debug);
+    let wait_for_signal = block_termination_signals();
+    match serve(
+        &args,
+        &options,
+        &mountpoint,
+        &mut readiness,
+        wait_for_signal,
+    ) {
+        Ok(()) => 0,
+        Err(message) => {
+            tracing::error!("{message}");
+            readiness.failed(&message);
+            1
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug {
+        "dynamofs=debug,info"
+    } else {
+        "dynamofs=info,warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn serve(
+    args: &MountArgs,
+    options: &MountOptions,
+    mountpoint: &Path,
+    readiness: &mut Readiness,
+    wait_for_signal: impl FnOnce() -> i32 + Send + 'static,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("dynamofs-io")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let config = FsConfig {
+        attr_ttl: options.attr_ttl,
+        entry_ttl: options.entry_ttl,
+        read_only: options.read_only,
+        uid: options.uid,
+        gid: options.gid,
+        umask: options.umask,
+        root_owner: (options.uid.unwrap_or(uid), options.gid.unwrap_or(gid)),
+        ..FsConfig::default()
+    };
+    let fs = rt.block_on(async {
+        let store = args
+            .source
+            .open(options.endpoint.clone(), options.timeout)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", args.source))?;
+        Fs::new(store, config)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", args.source))
+    })?;
+    let fd =
+        fuse_mount(&args.source.to_string(), mountpoint, options).map_err(|e| e.to_string())?;
+    let mut session_config = fuser::Config::default();
+    session_config.n_threads = Some(options.threads);
+    let acl = if options.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    session_config.acl = acl;
+    let adapter = DynamoFuse::new(Arc::new(fs), rt.handle().clone());
+    let session = match fuser::Session::from_fd(adapter, fd, acl, session_config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = unmount(mountpoint);
+            return Err(format!("FUSE handshake failed: {e}"));
+        }
+    };
+    tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
+    readiness.ready();
+    let target = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        let sig = wait_for_signal();
+        tracing::info!(signal = sig, "unmounting on signal");
+        if let Err(e) = unmount(&target) {
+            tracing::error!(error = %e, "cannot unmount {}", target.display());
+        }
+    });
+    let result = session.run();
+    tracing::info!("unmounted");
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}

@@ -1,0 +1,232 @@
+//! The records stored under the keys of [`crate::keys`], and their conversion to items.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::store::{Item, StoreError};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The filesystem-wide record written once, when the tables are first formatted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Format {
+    /// On-disk format version; a mount of another version stops.
+    pub version: u32,
+    /// Bytes per data block.
+    pub block_size: u64,
+    /// How many partitions (blockIds) the blocks of one file are spread over.
+    pub stripes: u64,
+}
+
+/// The type of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device node.
+    Char,
+    /// A block device node.
+    Block,
+    /// A UNIX socket node.
+    Socket,
+}
+
+impl FileKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => libc::S_IFREG,
+            FileKind::Dir => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::Char => libc::S_IFCHR,
+            FileKind::Block => libc::S_IFBLK,
+            FileKind::Socket => libc::S_IFSOCK,
+        }
+    }
+
+    /// The kind named by the `S_IFMT` bits of `mode`, if any.
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFCHR => FileKind::Char,
+            libc::S_IFBLK => FileKind::Block,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// A point in time with nanoseconds, as POSIX timestamps need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub s: i64,
+    /// Nanoseconds within the second.
+    pub n: u32,
+}
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        SystemTime::now().into()
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                s: d.as_secs() as i64,
+                n: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+                if n == 0 {
+                    Timestamp { s: -s, n: 0 }
+                } else {
+                    Timestamp {
+                        s: -s - 1,
+                        n: 1_000_000_000 - n,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        if t.s >= 0 {
+            UNIX_EPOCH + Duration::new(t.s as u64, t.n)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(t.s.unsigned_abs()) + Duration::from_nanos(t.n as u64)
+        }
+    }
+}
+
+/// The attributes of one file, directory or other node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    /// Inode number.
+    pub ino: u64,
+    /// Type of node.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length in bytes (regular files and symlinks).
+    pub size: u64,
+    /// Number of directory entries naming it (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last change of content.
+    pub mtime: Timestamp,
+    /// Last change of attributes.
+    pub ctime: Timestamp,
+    /// Device number of device nodes.
+    #[serde(default)]
+    pub rdev: u32,
+    /// Parent directory (directories only; 0 for other kinds).
+    #[serde(default)]
+    pub parent: u64,
+    /// Target of a symlink.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub target: Vec<u8>,
+    /// Extended attributes, by encoded name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, ByteBuf>,
+    /// Version for optimistic locking; bumped by every write of this record.
+    pub ver: u64,
+}
+
+/// A directory entry: a name in a directory pointing at an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The inode the name points at.
+    pub ino: u64,
+    /// Its kind, so readdir needs no inode reads.
+    pub kind: FileKind,
+}
+
+/// A pending cleanup: the blocks of `ino` holding bytes from `keep` up to `stored`
+/// are to be deleted (the block holding byte `keep` is trimmed). Written in the same
+/// transaction that made them garbage, deleted once they are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    /// The inode whose blocks are to be trimmed.
+    pub ino: u64,
+    /// Bytes to keep.
+    pub keep: u64,
+    /// Bytes that may be stored (the size before the change).
+    pub stored: u64,
+}
+
+/// Serialize a record into an item.
+pub fn to_item<T: Serialize>(record: &T) -> Item {
+    serde_dynamo::to_item(record).expect("records always serialize to an item")
+}
+
+/// Deserialize an item into a record; a malformed item is reported, not trusted.
+pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::fatal(format!("malformed record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_before_and_after_the_epoch() {
+        for t in [
+            Timestamp { s: 5, n: 7 },
+            Timestamp { s: -3, n: 250 },
+            Timestamp { s: -1, n: 0 },
+        ] {
+            assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+        }
+    }
+
+    #[test]
+    fn inode_round_trips_through_an_item() {
+        let now = Timestamp::now();
+        let inode = Inode {
+            ino: 9,
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            nlink: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent: 0,
+            target: b"a\xffb".to_vec(),
+            xattrs: [("user.k".to_string(), ByteBuf::from(vec![0u8, 1]))].into(),
+            ver: 4,
+        };
+        assert_eq!(from_item::<Inode>(to_item(&inode)).unwrap(), inode);
+    }
+}

@@ -1,0 +1,119 @@
+//! The one retry helper: capped attempts with jittered exponential backoff.
+//!
+//! Every request to a backend goes through it for throttling and transient faults,
+//! and every optimistic read-modify-write of the filesystem goes through it for
+//! conflicts. Nothing else in the program sleeps and tries again.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+/// How often and how patiently to retry.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+}
+
+impl Policy {
+    /// For requests the backend throttled or failed transiently: back off up to seconds.
+    pub const TRANSIENT: Policy = Policy {
+        min_delay: Duration::from_millis(25),
+        max_delay: Duration::from_secs(3),
+        max_retries: 10,
+    };
+
+    /// For optimistic read-modify-write loops that lost a race to another writer.
+    pub const CONFLICT: Policy = Policy {
+        min_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(400),
+        max_retries: 30,
+    };
+}
+
+/// Run `op` until it succeeds, fails with an error `retryable` rejects, or the policy
+/// runs out of attempts (then the last error is returned).
+pub async fn retry<T, E, F, Fut>(
+    policy: Policy,
+    op: F,
+    retryable: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_max_times(policy.max_retries)
+        .with_jitter();
+    op.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(retryable)
+        .notify(|_, delay| tracing::debug!(?delay, "retrying"))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn retries_until_success_and_stops_on_permanent_errors() {
+        let calls = AtomicUsize::new(0);
+        let ok: Result<u32, &str> = retry(
+            Policy::CONFLICT,
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err("again")
+                } else {
+                    Ok(7)
+                }
+            },
+            |e| *e == "again",
+        )
+        .await;
+        assert_eq!(ok, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        calls.store(0, Ordering::SeqCst);
+        let err: Result<u32, &str> = retry(
+            Policy::CONFLICT,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("fatal")
+            },
+            |e| *e == "again",
+        )
+        .await;
+        assert_eq!(err, Err("fatal"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_cap() {
+        let calls = AtomicUsize::new(0);
+        let policy = Policy {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            max_retries: 4,
+        };
+        let err: Result<(), &str> = retry(
+            policy,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("again")
+            },
+            |_| true,
+        )
+        .await;
+        assert_eq!(err, Err("again"));
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+}

@@ -1,0 +1,660 @@
+//! The DynamoDB backend (also DynamoDB Local, ScyllaDB Alternator, LocalStack).
+//!
+//! Every request goes through [`crate::retry`] for throttling and transient faults
+//! (the SDK's own retries are off, so there is one retry policy in the program), and
+//! is counted, so tests and benchmarks can report requests per operation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
+    KeyType, KeysAndAttributes, Put, ReturnValue, ScalarAttributeType, TableStatus,
+    TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp, VERSION_ATTR};
+use crate::retry::{retry, Policy};
+
+type AttrMap = HashMap<String, AttributeValue>;
+
+/// Where and how to reach DynamoDB.
+#[derive(Clone, Debug)]
+pub struct DynamoConfig {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Name of the metadata table; the blocks table is this name plus `Blocks`.
+    pub table: String,
+    /// Endpoint override (otherwise the SDK's own, or `AWS_ENDPOINT_URL_DYNAMODB`).
+    pub endpoint: Option<String>,
+    /// Upper bound on one request including the SDK's connection set-up.
+    pub request_timeout: Duration,
+}
+
+/// A [`Store`] on two DynamoDB tables.
+pub struct DynamoStore {
+    client: Client,
+    meta_table: String,
+    blocks_table: String,
+    requests: AtomicU64,
+}
+
+/// The key schema each table must have: (hash, range) with their scalar types.
+fn key_schema(table: Table) -> [(&'static str, ScalarAttributeType); 2] {
+    match table {
+        Table::Meta => [
+            ("path", ScalarAttributeType::S),
+            ("name", ScalarAttributeType::S),
+        ],
+        Table::Blocks => [
+            ("blockId", ScalarAttributeType::S),
+            ("blockNum", ScalarAttributeType::N),
+        ],
+    }
+}
+
+fn classify<
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+>(
+    err: SdkError<E, R>,
+) -> StoreError {
+    let text = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => match service.err().code().unwrap_or_default() {
+            "ConditionalCheckFailedException" | "TransactionConflictException" => {
+                StoreError::Conflict
+            }
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "LimitExceededException" => StoreError::Throttled(text),
+            "ResourceNotFoundException" => StoreError::NotFound(text),
+            "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => {
+                StoreError::transient(text)
+            }
+            _ => StoreError::fatal(text),
+        },
+        SdkError::ResponseError(_) | SdkError::TimeoutError(_) => StoreError::transient(text),
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            StoreError::transient(text)
+        }
+        _ => StoreError::fatal(text),
+    }
+}
+
+fn key_attrs(key: &Key) -> AttrMap {
+    let [(hash, _), (range, _)] = key_schema(key.table);
+    let sort = match &key.sk {
+        SortKey::S(s) => AttributeValue::S(s.clone()),
+        SortKey::N(n) => AttributeValue::N(n.to_string()),
+    };
+    HashMap::from([
+        (hash.to_string(), AttributeValue::S(key.pk.clone())),
+        (range.to_string(), sort),
+    ])
+}
+
+fn build_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::fatal(format!("cannot build request: {e}"))
+}
+
+/// A condition as DynamoDB expression text, names and values.
+struct Expr {
+    text: Option<String>,
+    names: Option<HashMap<String, String>>,
+    values: Option<AttrMap>,
+}
+
+fn condition_expr(table: Table, cond: &Condition) -> Expr {
+    let hash = key_schema(table)[0].0.to_string();
+    let (text, name, value) = match cond {
+        Condition::None => {
+            return Expr {
+                text: None,
+                names: None,
+                values: None,
+            }
+        }
+        Condition::Absent => ("attribute_not_exists(#k)", hash, None),
+        Condition::Present => ("attribute_exists(#k)", hash, None),
+        Condition::VersionIs(v) => (
+            "#k = :v",
+            VERSION_ATTR.to_string(),
+            Some(AttributeValue::N(v.to_string())),
+        ),
+    };
+    Expr {
+        text: Some(text.to_string()),
+        names: Some(HashMap::from([("#k".to_string(), name)])),
+        values: value.map(|v| HashMap::from([(":v".to_string(), v)])),
+    }
+}
+
+fn sort_key_of(table: Table, item: &AttrMap) -> Result<SortKey, StoreError> {
+    let range = key_schema(table)[1].0;
+    match item.get(range) {
+        Some(AttributeValue::S(s)) => Ok(SortKey::S(s.clone())),
+        Some(AttributeValue::N(n)) => n
+            .parse()
+            .map(SortKey::N)
+            .map_err(|_| StoreError::fatal("bad blockNum")),
+        _ => Err(StoreError::fatal(format!(
+            "item without its range key {range}"
+        ))),
+    }
+}
+
+impl DynamoStore {
+    /// Connect, create both tables if absent (on-demand billing, waiting until ACTIVE),
+    /// and check that existing tables have the key schema dynamofs needs.
+    pub async fn connect(config: &DynamoConfig) -> Result<Self, StoreError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(config.request_timeout)
+                    .operation_timeout(config.request_timeout)
+                    .build(),
+            );
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let sdk_config = loader.load().await;
+        let store = DynamoStore {
+            client: Client::new(&sdk_config),
+            meta_table: config.table.clone(),
+            blocks_table: format!("{}Blocks", config.table),
+            requests: AtomicU64::new(0),
+        };
+        for table in [Table::Meta, Table::Blocks] {
+            store.ensure_table(table).await?;
+        }
+        Ok(store)
+    }
+
+    /// DynamoDB requests sent so far, retries included.
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn table_name(&self, table: Table) -> &str {
+        match table {
+            Table::Meta => &self.meta_table,
+            Table::Blocks => &self.blocks_table,
+        }
+    }
+
+    /// Send one request through the retry helper, counting every attempt.
+    async fn send<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        retry(
+            Policy::TRANSIENT,
+            || {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                request()
+            },
+            StoreError::is_transient,
+        )
+        .await
+    }
+
+    async fn ensure_table(&self, table: Table) -> Result<(), StoreError> {
+        let name = self.table_name(table).to_string();
+        let described = self
+            .send(|| async {
+                self.client
+                    .describe_table()
+                    .table_name(&name)
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await;
+        let description = match described {
+            Ok(out) => out
+                .table
+                .ok_or_else(|| StoreError::fatal("DescribeTable returned no table"))?,
+            Err(StoreError::NotFound(_)) => {
+                tracing::info!(table = %name, "creating table (on-demand billing)");
+                self.create_table(table, &name).await?;
+                return self.wait_active(&name).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let expected = key_schema(table);
+        let types: HashMap<&str, &ScalarAttributeType> = description
+            .attribute_definitions()
+            .iter()
+            .map(|d| (d.attribute_name(), d.attribute_type()))
+            .collect();
+        let actual: Vec<(&str, &KeyType, Option<&&ScalarAttributeType>)> = description
+            .key_schema()
+            .iter()
+            .map(|k| {
+                (
+                    k.attribute_name(),
+                    k.key_type(),
+                    types.get(k.attribute_name()),
+                )
+            })
+            .collect();
+        let wanted = [
+            (expected[0].0, &KeyType::Hash, &expected[0].1),
+            (expected[1].0, &KeyType::Range, &expected[1].1),
+        ];
+        let matches = actual.len() == 2
+            && wanted.iter().all(|(n, kt, st)| {
+                actual
+                    .iter()
+                    .any(|(an, akt, ast)| an == n && akt == kt && ast.copied() == Some(*st))
+            });
+        if !matches {
+            let found: Vec<String> = actual
+                .iter()
+                .map(|(n, kt, st)| format!("{n} {kt:?} {st:?}"))
+                .collect();
+            return Err(StoreError::fatal(format!(
+                "table {name} exists with key schema [{}], but dynamofs needs hash key {} ({:?}) and range key {} ({:?})",
+                found.join(", "),
+                expected[0].0,
+                expected[0].1,
+                expected[1].0,
+                expected[1].1
+            )));
+        }
+        if description.table_status() != Some(&TableStatus::Active) {
+            return self.wait_active(&name).await;
+        }
+        Ok(())
+    }
+
+    async fn create_table(&self, table: Table, name: &str) -> Result<(), StoreError> {
+        let [(hash, hash_type), (range, range_type)] = key_schema(table);
+        let attr = |n: &str, t: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(t)
+                .build()
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+        };
+        let request = self
+            .client
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr(hash, hash_type).map_err(build_err)?)
+            .attribute_definitions(attr(range, range_type).map_err(build_err)?)
+            .key_schema(key(hash, KeyType::Hash).map_err(build_err)?)
+            .key_schema(key(range, KeyType::Range).map_err(build_err)?);
+        match self
+            .send(|| async { request.clone().send().await.map_err(classify) })
+            .await
+        {
+            // Another client created it first: fine, we only need it to exist.
+            Err(StoreError::Backend { message, .. })
+                if message.contains("ResourceInUseException") =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn wait_active(&self, name: &str) -> Result<(), StoreError> {
+        for _ in 0..600 {
+            let out = self
+                .send(|| async {
+                    self.client
+                        .describe_table()
+                        .table_name(name)
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+            if out.table.as_ref().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(StoreError::fatal(format!(
+            "table {name} did not become ACTIVE within 5 minutes"
+        )))
+    }
+
+    fn transact_item(&self, op: &WriteOp) -> Result<TransactWriteItem, StoreError> {
+        let key = op.key();
+        let table = self.table_name(key.table);
+        let builder = TransactWriteItem::builder();
+        Ok(match op {
+            WriteOp::Put { item, cond, .. } => {
+                let expr = condition_expr(key.table, cond);
+                let mut attrs: AttrMap = item.clone().into();
+                attrs.extend(key_attrs(key));
+                builder.put(
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(attrs))
+                        .set_condition_expression(expr.text)
+                        .set_expression_attribute_names(expr.names)
+                        .set_expression_attribute_values(expr.values)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+            WriteOp::Delete { cond, .. } => {
+                let expr = condition_expr(key.table, cond);
+                builder.delete(
+                    Delete::builder()
+                        .table_name(table)
+                        .set_key(Some(key_attrs(key)))
+                        .set_condition_expression(expr.text)
+                        .set_expression_attribute_names(expr.names)
+                        .set_expression_attribute_values(expr.values)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+            WriteOp::Check { cond, .. } => {
+                let expr = condition_expr(key.table, cond);
+                builder.condition_check(
+                    ConditionCheck::builder()
+                        .table_name(table)
+                        .set_key(Some(key_attrs(key)))
+                        .set_condition_expression(
+                            expr.text.or_else(|| Some("attribute_exists(#k)".into())),
+                        )
+                        .set_expression_attribute_names(expr.names.or_else(|| {
+                            Some(HashMap::from([(
+                                "#k".to_string(),
+                                key_schema(key.table)[0].0.to_string(),
+                            )]))
+                        }))
+                        .set_expression_attribute_values(expr.values)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+        }
+        .build())
+    }
+}
+
+/// A cancelled transaction is a conflict if any item failed its condition or collided,
+/// throttled if any item was throttled, and a permanent error otherwise.
+fn classify_transaction(
+    err: SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> StoreError {
+    if let SdkError::ServiceError(service) = &err {
+        if let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err() {
+            let codes: Vec<&str> = cancelled
+                .cancellation_reasons()
+                .iter()
+                .filter_map(|r| r.code())
+                .collect();
+            if codes
+                .iter()
+                .any(|c| *c == "ConditionalCheckFailed" || *c == "TransactionConflict")
+            {
+                return StoreError::Conflict;
+            }
+            if codes
+                .iter()
+                .any(|c| *c == "ThrottlingError" || *c == "ProvisionedThroughputExceeded")
+            {
+                return StoreError::Throttled(format!("transaction cancelled: {codes:?}"));
+            }
+            return StoreError::fatal(format!(
+                "transaction cancelled: {codes:?}: {}",
+                DisplayErrorContext(&err)
+            ));
+        }
+    }
+    classify(err)
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        let table = self.table_name(key.table);
+        let out = self
+            .send(|| async {
+                self.client
+                    .get_item()
+                    .table_name(table)
+                    .set_key(Some(key_attrs(key)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        Ok(out.item.map(Item::from))
+    }
+
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        let mut found: HashMap<Key, Item> = HashMap::new();
+        for chunk in keys.chunks(100) {
+            let mut by_table: HashMap<String, Vec<AttrMap>> = HashMap::new();
+            for key in chunk {
+                let keys = by_table
+                    .entry(self.table_name(key.table).to_string())
+                    .or_default();
+                let attrs = key_attrs(key);
+                // DynamoDB rejects a batch that names one key twice.
+                if !keys.contains(&attrs) {
+                    keys.push(attrs);
+                }
+            }
+            let mut pending = by_table
+                .into_iter()
+                .map(|(table, keys)| {
+                    let request = KeysAndAttributes::builder()
+                        .set_keys(Some(keys))
+                        .consistent_read(true)
+                        .build();
+                    Ok((table, request.map_err(build_err)?))
+                })
+                .collect::<Result<HashMap<String, KeysAndAttributes>, StoreError>>()?;
+            // DynamoDB may leave keys unprocessed under load; ask again for those with backoff.
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                if rounds > 1 {
+                    tokio::time::sleep(Duration::from_millis(20 * rounds.min(50))).await;
+                }
+                if rounds > 200 {
+                    return Err(StoreError::Throttled(
+                        "BatchGetItem kept leaving keys unprocessed".into(),
+                    ));
+                }
+                let request = pending.clone();
+                let out = self
+                    .send(|| async {
+                        self.client
+                            .batch_get_item()
+                            .set_request_items(Some(request.clone()))
+                            .send()
+                            .await
+                            .map_err(classify)
+                    })
+                    .await?;
+                for (table_name, items) in out.responses.unwrap_or_default() {
+                    let table = if table_name == self.meta_table {
+                        Table::Meta
+                    } else {
+                        Table::Blocks
+                    };
+                    for attrs in items {
+                        let [(hash, _), _] = key_schema(table);
+                        let pk = match attrs.get(hash) {
+                            Some(AttributeValue::S(s)) => s.clone(),
+                            _ => return Err(StoreError::fatal("item without its hash key")),
+                        };
+                        let sk = sort_key_of(table, &attrs)?;
+                        found.insert(Key { table, pk, sk }, Item::from(attrs));
+                    }
+                }
+                pending = out.unprocessed_keys.unwrap_or_default();
+            }
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn query(
+        &self,
+        table: Table,
+        pk: &str,
+        after: Option<&SortKey>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let [(hash, _), (range, _)] = key_schema(table);
+        let mut names = HashMap::from([("#h".to_string(), hash.to_string())]);
+        let mut values = HashMap::from([(":h".to_string(), AttributeValue::S(pk.to_string()))]);
+        let mut expression = "#h = :h".to_string();
+        if let Some(after) = after {
+            names.insert("#r".into(), range.into());
+            values.insert(
+                ":r".into(),
+                match after {
+                    SortKey::S(s) => AttributeValue::S(s.clone()),
+                    SortKey::N(n) => AttributeValue::N(n.to_string()),
+                },
+            );
+            expression.push_str(" AND #r > :r");
+        }
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let out = self
+            .send(|| async {
+                self.client
+                    .query()
+                    .table_name(self.table_name(table))
+                    .key_condition_expression(&expression)
+                    .set_expression_attribute_names(Some(names.clone()))
+                    .set_expression_attribute_values(Some(values.clone()))
+                    .consistent_read(true)
+                    .limit(limit)
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        let more = out.last_evaluated_key.is_some();
+        let items = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|attrs| Ok((sort_key_of(table, &attrs)?, Item::from(attrs))))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Page { items, more })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let key = op.key();
+        let table = self.table_name(key.table);
+        match &op {
+            WriteOp::Put { item, cond, .. } => {
+                let expr = condition_expr(key.table, cond);
+                let mut attrs: AttrMap = item.clone().into();
+                attrs.extend(key_attrs(key));
+                self.send(|| async {
+                    self.client
+                        .put_item()
+                        .table_name(table)
+                        .set_item(Some(attrs.clone()))
+                        .set_condition_expression(expr.text.clone())
+                        .set_expression_attribute_names(expr.names.clone())
+                        .set_expression_attribute_values(expr.values.clone())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+            }
+            WriteOp::Delete { cond, .. } => {
+                let expr = condition_expr(key.table, cond);
+                self.send(|| async {
+                    self.client
+                        .delete_item()
+                        .table_name(table)
+                        .set_key(Some(key_attrs(key)))
+                        .set_condition_expression(expr.text.clone())
+                        .set_expression_attribute_names(expr.names.clone())
+                        .set_expression_attribute_values(expr.values.clone())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+            }
+            WriteOp::Check { .. } => {
+                return Err(StoreError::fatal(
+                    "a condition check is only valid inside a transaction",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        super::check_transaction(&ops)?;
+        let items = ops
+            .iter()
+            .map(|op| self.transact_item(op))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.send(|| async {
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await
+                .map_err(classify_transaction)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
+        let table = self.table_name(key.table);
+        let out = self
+            .send(|| async {
+                self.client
+                    .update_item()
+                    .table_name(table)
+                    .set_key(Some(key_attrs(key)))
+                    .update_expression("ADD #a :d")
+                    .expression_attribute_names("#a", attr)
+                    .expression_attribute_values(":d", AttributeValue::N(delta.to_string()))
+                    .return_values(ReturnValue::UpdatedNew)
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        match out.attributes.as_ref().and_then(|a| a.get(attr)) {
+            Some(AttributeValue::N(n)) => n
+                .parse()
+                .map_err(|_| StoreError::fatal("counter is not a number")),
+            _ => Err(StoreError::fatal("UpdateItem returned no counter value")),
+        }
+    }
+}

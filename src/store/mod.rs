@@ -1,0 +1,235 @@
+//! The narrow storage interface the filesystem is written against.
+//!
+//! A store holds two tables of items addressed by a [`Key`]: the metadata table
+//! (hash key `path`, range key `name`, both strings) and the blocks table (hash key
+//! `blockId` string, range key `blockNum` number). Items are DynamoDB-shaped
+//! ([`Item`]) so that records serialize once, through `serde_dynamo`, for every backend.
+//!
+//! The operations are the ones DynamoDB offers and the filesystem needs: get, batch
+//! get, a query of one partition in sort-key order, a conditional single write, an
+//! all-or-nothing transaction of conditional writes, and an atomic counter. Each
+//! backend only decides what counts as a conflict; [`StoreError`] is the common vocabulary.
+
+pub mod dynamo;
+pub mod embedded;
+
+use async_trait::async_trait;
+
+/// A DynamoDB-shaped item: attribute name to value.
+pub type Item = serde_dynamo::Item;
+/// One attribute value of an [`Item`].
+pub type Value = serde_dynamo::AttributeValue;
+
+/// Which of the two tables a key addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `<TABLE>`: entries, inodes and the filesystem's own records.
+    Meta,
+    /// `<TABLE>Blocks`: file data.
+    Blocks,
+}
+
+/// The range key of an item: a string in the metadata table, a number in the blocks table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SortKey {
+    /// `name` in the metadata table.
+    S(String),
+    /// `blockNum` in the blocks table.
+    N(u64),
+}
+
+/// The full primary key of one item.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The table the item lives in.
+    pub table: Table,
+    /// The hash key (`path` or `blockId`).
+    pub pk: String,
+    /// The range key (`name` or `blockNum`).
+    pub sk: SortKey,
+}
+
+impl Key {
+    /// A key in the metadata table.
+    pub fn meta(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        Key {
+            table: Table::Meta,
+            pk: pk.into(),
+            sk: SortKey::S(sk.into()),
+        }
+    }
+
+    /// A key in the blocks table.
+    pub fn block(pk: impl Into<String>, num: u64) -> Self {
+        Key {
+            table: Table::Blocks,
+            pk: pk.into(),
+            sk: SortKey::N(num),
+        }
+    }
+}
+
+/// The attribute every mutable record carries; [`Condition::VersionIs`] tests it.
+pub const VERSION_ATTR: &str = "ver";
+
+/// What must hold of the stored item for a write to happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Write unconditionally.
+    None,
+    /// The item must not exist (exclusive create).
+    Absent,
+    /// The item must exist.
+    Present,
+    /// The item must exist with [`VERSION_ATTR`] equal to this value.
+    VersionIs(u64),
+}
+
+/// One write, alone or inside a transaction.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Replace the whole item at `key` with `item` (the key attributes are added by the store).
+    Put {
+        /// Where to write.
+        key: Key,
+        /// The attributes, without the key attributes.
+        item: Item,
+        /// What must hold first.
+        cond: Condition,
+    },
+    /// Delete the item at `key`.
+    Delete {
+        /// What to delete.
+        key: Key,
+        /// What must hold first.
+        cond: Condition,
+    },
+    /// Write nothing, but fail the transaction unless `cond` holds at `key`.
+    Check {
+        /// What to test.
+        key: Key,
+        /// What must hold.
+        cond: Condition,
+    },
+}
+
+impl WriteOp {
+    /// The key this operation addresses.
+    pub fn key(&self) -> &Key {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => {
+                key
+            }
+        }
+    }
+}
+
+/// One page of a partition query.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// Items in ascending sort-key order, each with its sort key.
+    pub items: Vec<(SortKey, Item)>,
+    /// True when more items may follow the last one returned.
+    pub more: bool,
+}
+
+/// Errors every backend speaks.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A condition did not hold, or a transaction collided with another writer.
+    #[error("conditional write failed")]
+    Conflict,
+    /// The table (or the whole store) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend asked us to slow down.
+    #[error("throttled by the backend: {0}")]
+    Throttled(String),
+    /// Any other failure; `transient` ones (timeouts, 5xx, dropped connections) may be retried.
+    #[error("backend error: {message}")]
+    Backend {
+        /// What went wrong, as the backend said it.
+        message: String,
+        /// Whether the same request may succeed if sent again.
+        transient: bool,
+    },
+}
+
+impl StoreError {
+    /// A permanent backend error.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        StoreError::Backend {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// A backend error worth retrying.
+    pub fn transient(message: impl Into<String>) -> Self {
+        StoreError::Backend {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// Whether sending the same request again may succeed (throttling and transient faults).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Throttled(_)
+                | StoreError::Backend {
+                    transient: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// Largest number of writes one [`Store::transact`] call may carry (DynamoDB's limit).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// The storage interface. Every method is one logical request; backends may split
+/// a large batch get into several requests of their own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Read one item (strongly consistent).
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
+
+    /// Read many items; the answer is in the order of `keys`.
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError>;
+
+    /// Items of partition `pk` with sort key strictly after `after`, ascending, at most `limit`.
+    async fn query(
+        &self,
+        table: Table,
+        pk: &str,
+        after: Option<&SortKey>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// One conditional put or delete ([`WriteOp::Check`] is only meaningful in a transaction).
+    async fn write(&self, op: WriteOp) -> Result<(), StoreError>;
+
+    /// All of `ops` or none of them; [`StoreError::Conflict`] if any condition fails.
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    /// Atomically add `delta` to the numeric attribute `attr` (created at 0) and return the new value.
+    async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError>;
+}
+
+/// Reject a transaction DynamoDB would reject, so every backend has the same limits:
+/// at most [`MAX_TRANSACTION_ITEMS`] operations, no key twice.
+pub fn check_transaction(ops: &[WriteOp]) -> Result<(), StoreError> {
+    if ops.len() > MAX_TRANSACTION_ITEMS {
+        return Err(StoreError::fatal(format!(
+            "transaction of {} items exceeds {MAX_TRANSACTION_ITEMS}",
+            ops.len()
+        )));
+    }
+    let mut keys: Vec<&Key> = ops.iter().map(WriteOp::key).collect();
+    keys.sort();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(StoreError::fatal("transaction names one item twice"));
+    }
+    Ok(())
+}
