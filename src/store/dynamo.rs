@@ -348,8 +348,7 @@ impl DynamoStore {
         Ok(match op {
             WriteOp::Put { item, cond, .. } => {
                 let expr = condition_expr(key.table, cond);
-                let mut attrs: AttrMap = item.clone().into();
-                attrs.extend(key_attrs(key));
+                let attrs: AttrMap = key.stored_item(item).into();
                 builder.put(
                     Put::builder()
                         .table_name(table)
@@ -574,8 +573,7 @@ impl Store for DynamoStore {
         match &op {
             WriteOp::Put { item, cond, .. } => {
                 let expr = condition_expr(key.table, cond);
-                let mut attrs: AttrMap = item.clone().into();
-                attrs.extend(key_attrs(key));
+                let attrs: AttrMap = key.stored_item(item).into();
                 self.send(|| async {
                     self.client
                         .put_item()

@@ -109,7 +109,7 @@ fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StoreError> {
     let k = (table_id(key.table), key.pk.as_str(), sk.as_slice());
     match op {
         WriteOp::Put { item, .. } => {
-            let raw = serde_json::to_vec(item).map_err(backend)?;
+            let raw = serde_json::to_vec(&key.stored_item(item)).map_err(backend)?;
             table.insert(k, raw.as_slice()).map_err(backend)?;
         }
         WriteOp::Delete { .. } => {
@@ -192,6 +192,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        super::check_write(&op)?;
         self.commit_all(std::slice::from_ref(&op))
     }
 

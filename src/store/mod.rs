@@ -69,6 +69,58 @@ impl Key {
     }
 }
 
+impl Table {
+    /// Names of the hash and range key attributes of this table.
+    pub fn key_names(self) -> (&'static str, &'static str) {
+        match self {
+            Table::Meta => ("path", "name"),
+            Table::Blocks => ("blockId", "blockNum"),
+        }
+    }
+}
+
+impl Key {
+    /// The key as the two attributes every stored item carries.
+    pub fn attributes(&self) -> Item {
+        let (hash, range) = self.table.key_names();
+        let sort = match &self.sk {
+            SortKey::S(s) => Value::S(s.clone()),
+            SortKey::N(n) => Value::N(n.to_string()),
+        };
+        let mut item = Item::default();
+        item.insert(hash.to_string(), Value::S(self.pk.clone()));
+        item.insert(range.to_string(), sort);
+        item
+    }
+
+    /// `item` with this key's attributes added, as it is stored.
+    pub fn stored_item(&self, item: &Item) -> Item {
+        let mut stored = item.clone();
+        stored.extend(self.attributes().into_inner());
+        stored
+    }
+}
+
+/// Largest item DynamoDB stores (attribute names and values together).
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+fn value_size(value: &Value) -> usize {
+    match value {
+        Value::S(s) | Value::N(s) => s.len(),
+        Value::B(b) => b.len(),
+        Value::Bool(_) | Value::Null(_) => 1,
+        Value::M(m) => 3 + m.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        Value::L(l) => 3 + l.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+        Value::Ss(l) | Value::Ns(l) => l.iter().map(String::len).sum(),
+        Value::Bs(l) => l.iter().map(Vec::len).sum(),
+    }
+}
+
+/// The size DynamoDB counts against [`MAX_ITEM_BYTES`], approximately.
+pub fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
 /// The attribute every mutable record carries; [`Condition::VersionIs`] tests it.
 pub const VERSION_ATTR: &str = "ver";
 
@@ -226,10 +278,24 @@ pub fn check_transaction(ops: &[WriteOp]) -> Result<(), StoreError> {
             ops.len()
         )));
     }
+    for op in ops {
+        check_write(op)?;
+    }
     let mut keys: Vec<&Key> = ops.iter().map(WriteOp::key).collect();
     keys.sort();
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return Err(StoreError::fatal("transaction names one item twice"));
+    }
+    Ok(())
+}
+
+/// Reject a write DynamoDB would reject: an item over [`MAX_ITEM_BYTES`].
+pub fn check_write(op: &WriteOp) -> Result<(), StoreError> {
+    if let WriteOp::Put { key, item, .. } = op {
+        let size = item_size(&key.stored_item(item));
+        if size > MAX_ITEM_BYTES {
+            return Err(StoreError::fatal(format!("item of {size} bytes exceeds the {MAX_ITEM_BYTES}-byte item limit")));
+        }
     }
     Ok(())
 }

