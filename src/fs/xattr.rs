@@ -33,6 +33,11 @@ impl Fs {
         if name.is_empty() || name.len() > 255 {
             return Err(FsError::Range);
         }
+        // POSIX ACLs are not supported: refusing them makes tools such as `cp -a`
+        // fall back to chmod instead of believing an ACL now carries the mode.
+        if name.starts_with(b"system.posix_acl_") {
+            return Err(FsError::Unsupported);
+        }
         let key = encode_name(name);
         self.optimistic(|fresh| {
             let key = key.clone();
