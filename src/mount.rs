@@ -326,6 +326,46 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
+/// The filesystem configuration a set of mount options asks for.
+pub fn fs_config(options: &MountOptions) -> FsConfig {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    FsConfig {
+        attr_ttl: options.attr_ttl,
+        entry_ttl: options.entry_ttl,
+        read_only: options.read_only,
+        uid: options.uid,
+        gid: options.gid,
+        umask: options.umask,
+        root_owner: (options.uid.unwrap_or(uid), options.gid.unwrap_or(gid)),
+        ..FsConfig::default()
+    }
+}
+
+/// Mount `fs` at `mountpoint` and complete the FUSE handshake; `Session::run` then
+/// serves it until it is unmounted.
+pub fn start_session(
+    fs: Arc<Fs>,
+    rt: tokio::runtime::Handle,
+    source: &str,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<fuser::Session<DynamoFuse>, String> {
+    let fd = fuse_mount(source, mountpoint, options).map_err(|e| e.to_string())?;
+    let acl = if options.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let mut session_config = fuser::Config::default();
+    session_config.n_threads = Some(options.threads);
+    session_config.acl = acl;
+    fuser::Session::from_fd(DynamoFuse::new(fs, rt), fd, acl, session_config).map_err(|e| {
+        let _ = unmount(mountpoint);
+        format!("FUSE handshake failed: {e}")
+    })
+}
+
 fn serve(
     args: &MountArgs,
     options: &MountOptions,
@@ -339,46 +379,23 @@ fn serve(
         .thread_name("dynamofs-io")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let config = FsConfig {
-        attr_ttl: options.attr_ttl,
-        entry_ttl: options.entry_ttl,
-        read_only: options.read_only,
-        uid: options.uid,
-        gid: options.gid,
-        umask: options.umask,
-        root_owner: (options.uid.unwrap_or(uid), options.gid.unwrap_or(gid)),
-        ..FsConfig::default()
-    };
     let fs = rt.block_on(async {
         let store = args
             .source
             .open(options.endpoint.clone(), options.timeout)
             .await
             .map_err(|e| format!("cannot open {}: {e}", args.source))?;
-        Fs::new(store, config)
+        Fs::new(store, fs_config(options))
             .await
             .map_err(|e| format!("cannot open {}: {e}", args.source))
     })?;
-    let fd =
-        fuse_mount(&args.source.to_string(), mountpoint, options).map_err(|e| e.to_string())?;
-    let mut session_config = fuser::Config::default();
-    session_config.n_threads = Some(options.threads);
-    let acl = if options.allow_other {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
-    };
-    session_config.acl = acl;
-    let adapter = DynamoFuse::new(Arc::new(fs), rt.handle().clone());
-    let session = match fuser::Session::from_fd(adapter, fd, acl, session_config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = unmount(mountpoint);
-            return Err(format!("FUSE handshake failed: {e}"));
-        }
-    };
+    let session = start_session(
+        Arc::new(fs),
+        rt.handle().clone(),
+        &args.source.to_string(),
+        mountpoint,
+        options,
+    )?;
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
     readiness.ready();
     let target = mountpoint.to_path_buf();

@@ -540,13 +540,23 @@ fn posix_acls_are_refused_so_cp_a_keeps_modes() {
     let m = mounted();
     let f = m.join("f");
     fs::write(&f, b"").unwrap();
-    assert_eq!(xattr_set(&f, "system.posix_acl_access", b"\x02\0\0\0", 0), libc::EOPNOTSUPP);
+    assert_eq!(
+        xattr_set(&f, "system.posix_acl_access", b"\x02\0\0\0", 0),
+        libc::EOPNOTSUPP
+    );
     let src = tempfile::tempdir().unwrap();
     fs::create_dir(src.path().join("d")).unwrap();
     fs::write(src.path().join("d/file"), b"x").unwrap();
     fs::set_permissions(src.path().join("d/file"), fs::Permissions::from_mode(0o640)).unwrap();
     fs::set_permissions(src.path().join("d"), fs::Permissions::from_mode(0o751)).unwrap();
-    common::sh(&format!("cp -a '{}/d' '{}/d'", src.path().display(), m.path().display()));
+    common::sh(&format!(
+        "cp -a '{}/d' '{}/d'",
+        src.path().display(),
+        m.path().display()
+    ));
     assert_eq!(fs::metadata(m.join("d")).unwrap().mode() & 0o7777, 0o751);
-    assert_eq!(fs::metadata(m.join("d/file")).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(m.join("d/file")).unwrap().mode() & 0o7777,
+        0o640
+    );
 }

@@ -167,7 +167,12 @@ impl Tx {
     /// Commit everything in one transaction, then bring this client's caches up to
     /// date and delete the data of inodes that went away. Returns the new inodes.
     pub(super) async fn commit(self, fs: &Fs) -> FsResult<BTreeMap<u64, Inode>> {
-        fs.store.transact(self.ops()).await?;
+        let mut ops = self.ops();
+        // A lone write needs no transaction, which costs twice the capacity.
+        match ops.len() {
+            1 => fs.store.write(ops.pop().expect("one op")).await?,
+            _ => fs.store.transact(ops).await?,
+        }
         for (dir, name, entry, _) in &self.entries {
             fs.cache_entry(*dir, name, *entry);
         }

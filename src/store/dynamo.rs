@@ -68,6 +68,12 @@ fn classify<
     err: SdkError<E, R>,
 ) -> StoreError {
     let text = DisplayErrorContext(&err).to_string();
+    if text.contains("loading credentials") || text.contains("no credentials") {
+        return StoreError::fatal(format!(
+            "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile with \
+             AWS_PROFILE, or run where an instance role is available ({text})"
+        ));
+    }
     match &err {
         SdkError::ServiceError(service) => match service.err().code().unwrap_or_default() {
             "ConditionalCheckFailedException" | "TransactionConflictException" => {

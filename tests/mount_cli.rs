@@ -1,0 +1,299 @@
+//! Mounted: the ways Linux users mount things (`dynamofs mount`, `mount -t
+//! fuse.dynamo`, an fstab line), unmounting with `umount` and `fusermount3 -u`, and
+//! the messages a user gets for bad input.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{
+    dynamo_local, dynamofs_bin, is_dynamofs_mount, mount_command, mount_table, unique_table,
+};
+
+const HELPER: &str = "/sbin/mount.fuse.dynamo";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn findmnt_type(dir: &Path) -> String {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "--mountpoint"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Install the mount helper as the project's install step does (a symlink to the binary).
+fn install_helper() {
+    let _ = fs::remove_file(HELPER);
+    std::os::unix::fs::symlink(dynamofs_bin(), HELPER).unwrap();
+}
+
+#[test]
+fn mount_t_fuse_dynamo_fstab_and_both_unmounts() {
+    common::require_fuse();
+    install_helper();
+    let table = unique_table("Helper");
+    let dir = tempfile::tempdir().unwrap();
+    // Something beneath the mountpoint that unmounting must leave alone.
+    fs::write(dir.path().join("underneath"), b"keep me").unwrap();
+    let log = dir.path().with_extension("log");
+    let options = format!(
+        "endpoint={},logfile={}",
+        dynamo_local().endpoint(),
+        log.display()
+    );
+    let source = format!("aws:us-east-1/{table}");
+
+    let out = Command::new("mount")
+        .args(["-t", "fuse.dynamo", &source])
+        .arg(dir.path())
+        .args(["-o", &options])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -t fuse.dynamo: {}",
+        stderr(&out)
+    );
+    assert_eq!(findmnt_type(dir.path()), "fuse.dynamo");
+    fs::write(dir.path().join("hello"), b"via mount -t").unwrap();
+    let again = Command::new("mount")
+        .args(["-t", "fuse.dynamo", &source])
+        .arg(dir.path())
+        .args(["-o", &options])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second mount on the same mountpoint must fail"
+    );
+    assert!(
+        stderr(&again).contains("already a dynamofs mount"),
+        "{}",
+        stderr(&again)
+    );
+    let out = Command::new("umount").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "umount: {}", stderr(&out));
+    assert!(!is_dynamofs_mount(dir.path()));
+    assert_eq!(fs::read(dir.path().join("underneath")).unwrap(), b"keep me");
+
+    let fstab = dir.path().with_extension("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{source} {} fuse.dynamo noauto,_netdev,nofail,{options} 0 0\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount from fstab: {}", stderr(&out));
+    assert_eq!(fs::read(dir.path().join("hello")).unwrap(), b"via mount -t");
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fusermount3 -u: {}", stderr(&out));
+    let started = Instant::now();
+    while is_dynamofs_mount(dir.path()) {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(dir.path().join("underneath")).unwrap(), b"keep me");
+    let _ = fs::remove_file(HELPER);
+}
+
+#[test]
+fn foreground_mount_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = mount_command(&unique_table("Fg"), dir.path(), "")
+        .arg("-f")
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !is_dynamofs_mount(dir.path()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "foreground mount did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(dir.path().join("f"), b"x").unwrap();
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_dynamofs_mount(dir.path()));
+}
+
+fn failed_mount(source: &str, extra: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(dynamofs_bin());
+    cmd.arg("mount").arg(source).arg(dir.path()).arg("-f");
+    if !extra.is_empty() {
+        cmd.args(["-o", extra]);
+    }
+    let out = cmd
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "mount of {source} should fail");
+    assert!(!is_dynamofs_mount(dir.path()));
+    stderr(&out)
+}
+
+#[test]
+fn bad_input_gets_clear_messages() {
+    let local = dynamo_local();
+    let endpoint = format!("endpoint={}", local.endpoint());
+    assert!(failed_mount("s3:bucket", "").contains("malformed source"));
+    assert!(failed_mount("aws:us-east-1", "").contains("expected aws:REGION/TABLE"));
+    assert!(failed_mount("aws:us-east-1/ok", "").contains("table name"));
+    assert!(failed_mount("aws:us-east-1/Fine", "colour=blue")
+        .contains("unknown mount option 'colour=blue'"));
+
+    // A table with another key schema is named, with what was expected.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let table = unique_table("Wrong");
+    rt.block_on(async {
+        let config = aws_sdk_dynamodb::config::Builder::new()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(local.endpoint())
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "fake", "fake", None, None, "test",
+            ))
+            .build();
+        let client = aws_sdk_dynamodb::Client::from_conf(config);
+        use aws_sdk_dynamodb::types::*;
+        client
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let message = failed_mount(&format!("aws:us-east-1/{table}"), &endpoint);
+    assert!(
+        message.contains(&format!("table {table} exists with key schema"))
+            && message.contains("path"),
+        "{message}"
+    );
+
+    // Nothing listening: a clear connection error, within the retry budget.
+    let started = Instant::now();
+    let message = failed_mount(
+        "aws:us-east-1/Nowhere",
+        &format!(
+            "endpoint=http://127.0.0.1:{},timeout=2",
+            common::free_port()
+        ),
+    );
+    assert!(
+        message.contains("Connection refused") || message.contains("connect"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+
+    // No credentials anywhere: the message says so.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(dynamofs_bin())
+        .args(["mount", "aws:us-east-1/NoCreds"])
+        .arg(dir.path())
+        .args(["-f", "-o", &endpoint])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no usable AWS credentials"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The mountpoint itself.
+    let out = Command::new(dynamofs_bin())
+        .args(["mount", "aws:us-east-1/Fine", "/nonexistent/dir"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/dir"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn read_only_mounts_refuse_changes() {
+    let table = unique_table("Ro");
+    let rw = mount_table(&table, "");
+    fs::write(rw.join("f"), b"x").unwrap();
+    let ro = mount_table(&table, "ro");
+    assert_eq!(fs::read(ro.join("f")).unwrap(), b"x");
+    assert_eq!(
+        fs::write(ro.join("g"), b"y").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        fs::remove_file(ro.join("f")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+}
+
+#[test]
+fn help_explains_the_options() {
+    let out = Command::new(dynamofs_bin())
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "endpoint=URL",
+        "allow_other",
+        "attr_ttl",
+        "fstab",
+        "aws:REGION/TABLE",
+        "local:PATH",
+        "-f",
+        "-d",
+    ] {
+        assert!(help.contains(word), "--help does not mention {word}");
+    }
+}
