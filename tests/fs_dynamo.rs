@@ -1,0 +1,407 @@
+//! Filesystem layer (no FUSE) on DynamoDB Local: request counts, exclusivity across
+//! clients, forced conflicts, format checks, and blocks freed by delete and truncate.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dynamofs::fs::{Caller, Fs, FsConfig, FsError, RenameMode, SetAttr};
+use dynamofs::keys::{self, ROOT_INO};
+use dynamofs::records::{to_item, Format};
+use dynamofs::store::dynamo::DynamoStore;
+use dynamofs::store::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp};
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+const ME: Caller = Caller::ROOT;
+
+/// No caching, so that every operation's request count is deterministic.
+fn uncached() -> FsConfig {
+    FsConfig {
+        attr_ttl: Duration::ZERO,
+        entry_ttl: Duration::ZERO,
+        ..FsConfig::default()
+    }
+}
+
+async fn new_fs(store: Arc<dyn Store>, config: FsConfig) -> Arc<Fs> {
+    Arc::new(Fs::new(store, config).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_rename_costs_the_same_for_1000_descendants_as_for_none() {
+    let store = common::dynamo_store("Rename").await;
+    let fs = new_fs(store.clone(), uncached()).await;
+    fs.mkdir(ME, ROOT_INO, b"empty", 0o755).await.unwrap();
+    let tree = fs.mkdir(ME, ROOT_INO, b"tree", 0o755).await.unwrap();
+    let mut dirs = Vec::new();
+    for d in 0..10 {
+        dirs.push(
+            fs.mkdir(ME, tree.ino, format!("d{d}").as_bytes(), 0o755)
+                .await
+                .unwrap()
+                .ino,
+        );
+    }
+    let names: Vec<(u64, String)> = (0..990).map(|i| (dirs[i % 10], format!("f{i}"))).collect();
+    stream::iter(
+        names
+            .iter()
+            .map(|(dir, name)| fs.mknod(ME, *dir, name.as_bytes(), libc::S_IFREG | 0o644, 0)),
+    )
+    .buffer_unordered(16)
+    .try_collect::<Vec<_>>()
+    .await
+    .unwrap();
+
+    let before = store.request_count();
+    fs.rename(ROOT_INO, b"empty", ROOT_INO, b"empty2", RenameMode::Replace)
+        .await
+        .unwrap();
+    let empty_cost = store.request_count() - before;
+    let before = store.request_count();
+    fs.rename(ROOT_INO, b"tree", ROOT_INO, b"tree2", RenameMode::Replace)
+        .await
+        .unwrap();
+    let tree_cost = store.request_count() - before;
+    println!(
+        "rename: empty directory {empty_cost} requests, 1000 descendants {tree_cost} requests"
+    );
+    assert_eq!(
+        empty_cost, tree_cost,
+        "rename cost must not depend on the subtree"
+    );
+    assert!(tree_cost <= 8, "rename took {tree_cost} requests");
+
+    let moved = fs.lookup(ROOT_INO, b"tree2").await.unwrap();
+    let d3 = fs.lookup(moved.ino, b"d3").await.unwrap();
+    fs.lookup(d3.ino, b"f3").await.unwrap();
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"tree").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exclusive_creates_have_one_winner_across_clients() {
+    let table = common::unique_table("Excl");
+    let a: Arc<dyn Store> = Arc::new(
+        DynamoStore::connect(&common::dynamo_config(&table))
+            .await
+            .unwrap(),
+    );
+    let b: Arc<dyn Store> = Arc::new(
+        DynamoStore::connect(&common::dynamo_config(&table))
+            .await
+            .unwrap(),
+    );
+    let (fa, fb) = (
+        new_fs(a, FsConfig::default()).await,
+        new_fs(b, FsConfig::default()).await,
+    );
+    for round in 0..30 {
+        let name = format!("n{round}");
+        let (ra, rb) = if round % 2 == 0 {
+            tokio::join!(
+                fa.mknod(ME, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0),
+                fb.mknod(ME, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0)
+            )
+        } else {
+            tokio::join!(
+                fa.mkdir(ME, ROOT_INO, name.as_bytes(), 0o755),
+                fb.mkdir(ME, ROOT_INO, name.as_bytes(), 0o755)
+            )
+        };
+        let winners = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "round {round}: {ra:?} / {rb:?}");
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, FsError::Exists),
+                    "loser must see EEXIST, got {e:?}"
+                );
+            }
+        }
+    }
+    // Both clients see the same inode for every name.
+    for round in 0..30 {
+        let name = format!("n{round}");
+        assert_eq!(
+            fa.lookup(ROOT_INO, name.as_bytes()).await.unwrap().ino,
+            fb.lookup(ROOT_INO, name.as_bytes()).await.unwrap().ino
+        );
+    }
+    let root = fa.getattr(ROOT_INO).await.unwrap();
+    assert_eq!(root.nlink, 2 + 15, "15 subdirectories counted once each");
+}
+
+/// A store that makes every write fail with a conflict, `fail_every` times out of
+/// `fail_every + 1`, without applying it: a stand-in for writers racing us.
+struct Conflicting {
+    inner: Arc<dyn Store>,
+    calls: AtomicUsize,
+    fail_every: usize,
+    injected: AtomicUsize,
+}
+
+impl Conflicting {
+    fn should_fail(&self) -> bool {
+        let fail =
+            self.calls.fetch_add(1, Ordering::SeqCst) % (self.fail_every + 1) != self.fail_every;
+        if fail {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        fail
+    }
+}
+
+#[async_trait]
+impl Store for Conflicting {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        self.inner.batch_get(keys).await
+    }
+    async fn query(
+        &self,
+        table: Table,
+        pk: &str,
+        after: Option<&SortKey>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.inner.query(table, pk, after, limit).await
+    }
+    async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let conditional = !matches!(
+            &op,
+            WriteOp::Put {
+                cond: Condition::None,
+                ..
+            } | WriteOp::Delete {
+                cond: Condition::None,
+                ..
+            }
+        );
+        if conditional && self.should_fail() {
+            return Err(StoreError::Conflict);
+        }
+        self.inner.write(op).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        if self.should_fail() {
+            return Err(StoreError::Conflict);
+        }
+        self.inner.transact(ops).await
+    }
+    async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
+        self.inner.add(key, attr, delta).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forced_conflicts_are_retried_to_the_right_result() {
+    let inner: Arc<dyn Store> = common::dynamo_store("Conflict").await;
+    // Format first, without interference.
+    new_fs(inner.clone(), FsConfig::default()).await;
+    let store = Arc::new(Conflicting {
+        inner,
+        calls: AtomicUsize::new(0),
+        fail_every: 3,
+        injected: AtomicUsize::new(0),
+    });
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let dir = fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    for i in 0..10 {
+        fs.mknod(
+            ME,
+            dir.ino,
+            format!("f{i}").as_bytes(),
+            libc::S_IFREG | 0o600,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    fs.rename(dir.ino, b"f0", ROOT_INO, b"moved", RenameMode::Replace)
+        .await
+        .unwrap();
+    fs.unlink(dir.ino, b"f1").await.unwrap();
+    let f2 = fs.lookup(dir.ino, b"f2").await.unwrap();
+    fs.link(f2.ino, ROOT_INO, b"f2-link").await.unwrap();
+    fs.setattr(
+        ME,
+        f2.ino,
+        SetAttr {
+            mode: Some(0o640),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        fs.mknod(ME, dir.ino, b"f3", libc::S_IFREG | 0o600, 0).await,
+        Err(FsError::Exists)
+    ));
+    assert!(
+        store.injected.load(Ordering::SeqCst) >= 30,
+        "conflicts were injected"
+    );
+
+    // Check the result with a client that saw no faults.
+    let clean = new_fs(store.inner.clone(), uncached()).await;
+    let names: Vec<Vec<u8>> = {
+        let fh = clean.opendir(dir.ino).await.unwrap();
+        clean
+            .readdir(dir.ino, fh, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    };
+    let expected: Vec<Vec<u8>> = [".", ".."]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .chain((2..10).map(|i| format!("f{i}").into_bytes()))
+        .collect();
+    assert_eq!(names, expected);
+    let f2 = clean.getattr(f2.ino).await.unwrap();
+    assert_eq!((f2.nlink, f2.mode), (2, 0o640));
+    assert_eq!(clean.getattr(dir.ino).await.unwrap().nlink, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_format_version_stops_the_mount() {
+    let store = common::dynamo_store("Version").await;
+    let future = Format {
+        version: 99,
+        block_size: 65536,
+        stripes: 4,
+    };
+    store
+        .write(WriteOp::Put {
+            key: keys::format_key(),
+            item: to_item(&future),
+            cond: Condition::Absent,
+        })
+        .await
+        .unwrap();
+    let err = Fs::new(store, FsConfig::default())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("format version 99"), "{err}");
+}
+
+async fn stored_blocks(store: &DynamoStore, ino: u64, stripes: u64) -> Vec<u64> {
+    let mut found = Vec::new();
+    for stripe in 0..stripes {
+        let page = store
+            .query(
+                Table::Blocks,
+                &keys::block_partition(ino, stripe),
+                None,
+                10_000,
+            )
+            .await
+            .unwrap();
+        found.extend(page.items.into_iter().map(|(sk, _)| match sk {
+            SortKey::N(n) => n,
+            SortKey::S(_) => unreachable!(),
+        }));
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_and_truncate_free_their_blocks() {
+    let store = common::dynamo_store("Blocks").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let format = fs.format_record().clone();
+    let bs = format.block_size;
+    let (inode, opened) = fs
+        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    let data = vec![5u8; (bs * 5 + 100) as usize];
+    fs.write(opened.fh, 0, &data).await.unwrap();
+    // A block far out: a sparse file whose cleanup must query the stripes.
+    fs.write(opened.fh, bs * 5000, b"far").await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    assert_eq!(
+        stored_blocks(&store, inode.ino, format.stripes).await,
+        vec![0, 1, 2, 3, 4, 5, 5000]
+    );
+
+    fs.setattr(
+        ME,
+        inode.ino,
+        SetAttr {
+            size: Some(bs * 2 + 10),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stored_blocks(&store, inode.ino, format.stripes).await,
+        vec![0, 1, 2]
+    );
+    let opened = fs.open(ME, inode.ino, libc::O_RDWR).await.unwrap();
+    fs.setattr(
+        ME,
+        inode.ino,
+        SetAttr {
+            size: Some(bs * 3),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tail = fs.read(opened.fh, bs * 2, bs as u32).await.unwrap();
+    assert_eq!(&tail[..10], &[5u8; 10]);
+    assert!(
+        tail[10..].iter().all(|b| *b == 0),
+        "truncated bytes came back"
+    );
+    fs.release(opened.fh).await.unwrap();
+
+    fs.unlink(ROOT_INO, b"f").await.unwrap();
+    assert!(stored_blocks(&store, inode.ino, format.stripes)
+        .await
+        .is_empty());
+    let pending = store
+        .query(Table::Meta, keys::CLEANUP_PARTITION, None, 100)
+        .await
+        .unwrap();
+    assert!(pending.items.is_empty(), "cleanup records left behind");
+
+    // Open, unlink, keep reading, close: the blocks go only at the last close.
+    let (inode, opened) = fs
+        .create(ME, ROOT_INO, b"g", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, &data).await.unwrap();
+    fs.flush(opened.fh).await.unwrap();
+    fs.unlink(ROOT_INO, b"g").await.unwrap();
+    assert_eq!(fs.read(opened.fh, 0, 4).await.unwrap(), vec![5u8; 4]);
+    assert!(!stored_blocks(&store, inode.ino, format.stripes)
+        .await
+        .is_empty());
+    fs.release(opened.fh).await.unwrap();
+    assert!(stored_blocks(&store, inode.ino, format.stripes)
+        .await
+        .is_empty());
+    assert!(
+        store
+            .get(&keys::inode_key(inode.ino))
+            .await
+            .unwrap()
+            .is_none(),
+        "orphan inode left"
+    );
+}
