@@ -193,6 +193,10 @@ impl Fs {
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
                 if inode.kind == FileKind::Dir {
+                    // As the VFS does: an existing target name wins over "cannot link a directory".
+                    if self.load_entry(newparent, newname, true).await?.is_some() {
+                        return Err(FsError::Exists);
+                    }
                     return Err(FsError::NotPermitted);
                 }
                 if inode.nlink == 0 {

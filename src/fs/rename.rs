@@ -69,14 +69,15 @@ impl Fs {
             {
                 return Err(FsError::Invalid);
             }
-            if mode == RenameMode::Exchange
-                && dst_is_dir
-                && newparent != parent
-                && self
-                    .is_within(parent, dst.expect("exists").ino, fresh)
-                    .await?
-            {
-                return Err(FsError::Invalid);
+            // A target that is an ancestor of the source: as the VFS says it.
+            if let Some(d) = dst.filter(|_| dst_is_dir) {
+                if self.is_within(parent, d.ino, fresh).await? {
+                    return Err(if mode == RenameMode::Exchange {
+                        FsError::Invalid
+                    } else {
+                        FsError::NotEmpty
+                    });
+                }
             }
             let old_dir = self.load_dir(parent, fresh).await?;
             let new_dir = if newparent == parent {
