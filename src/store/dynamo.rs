@@ -49,16 +49,12 @@ pub struct DynamoStore {
 
 /// The key schema each table must have: (hash, range) with their scalar types.
 fn key_schema(table: Table) -> [(&'static str, ScalarAttributeType); 2] {
-    match table {
-        Table::Meta => [
-            ("path", ScalarAttributeType::S),
-            ("name", ScalarAttributeType::S),
-        ],
-        Table::Blocks => [
-            ("blockId", ScalarAttributeType::S),
-            ("blockNum", ScalarAttributeType::N),
-        ],
-    }
+    let (hash, range) = table.key_names();
+    let range_type = match table {
+        Table::Meta => ScalarAttributeType::S,
+        Table::Blocks => ScalarAttributeType::N,
+    };
+    [(hash, ScalarAttributeType::S), (range, range_type)]
 }
 
 fn classify<
