@@ -22,6 +22,8 @@ Mount options (-o, comma separated; the same in /etc/fstab):
   entry_ttl=SECS        how long directory entries are cached (default 1)
   timeout=SECS          give up on one DynamoDB request after this long (default 20)
   threads=N             FUSE worker threads (default 4)
+  heartbeat=SECS        how often the session lease is renewed (default 10); a
+                        client that stops renewing for 3 heartbeats loses its locks
   logfile=PATH          where a daemonized mount logs (default /var/log/dynamofs.log
                         when writable, else /tmp/dynamofs-UID.log)
   Ignored for fstab: _netdev, nofail, auto, noauto, defaults, user, nouser, users,
@@ -55,6 +57,21 @@ pub enum Command {
     /// Mount a dynamofs filesystem (daemonizes unless -f; returns once the mount is live).
     #[command(after_long_help = MOUNT_OPTIONS_HELP)]
     Mount(MountArgs),
+    /// Show the sessions (live and expired), their locks, and the format of a filesystem.
+    Status(StatusArgs),
+}
+
+/// Arguments of `dynamofs status`.
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// aws:REGION/TABLE or local:PATH
+    pub source: Source,
+    /// Options, as for mount (endpoint=, timeout=)
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `dynamofs mount`.
@@ -102,6 +119,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Log file of a daemonized mount.
     pub logfile: Option<PathBuf>,
+    /// Session lease renewal interval.
+    pub heartbeat: Duration,
 }
 
 impl Default for MountOptions {
@@ -119,6 +138,7 @@ impl Default for MountOptions {
             timeout: Duration::from_secs(20),
             threads: 4,
             logfile: None,
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -181,6 +201,9 @@ impl MountOptions {
                 }
                 ("threads", Some(v)) => o.threads = number::<usize>(key, v, false)?.clamp(1, 64),
                 ("logfile", Some(v)) => o.logfile = Some(PathBuf::from(v)),
+                ("heartbeat", Some(v)) => {
+                    o.heartbeat = seconds(key, v)?.max(Duration::from_millis(200))
+                }
                 (k, None) if IGNORED.contains(&k) => {}
                 _ => {
                     return Err(format!(

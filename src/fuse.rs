@@ -11,14 +11,14 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
-use crate::fs::{Caller, Fs, FsError, Opened, RenameMode, SetAttr, SetTime, XattrMode};
-use crate::records::{FileKind, Inode};
+use crate::fs::{Caller, Fs, FsError, LockRange, Opened, RenameMode, SetAttr, SetTime, XattrMode};
+use crate::records::{FileKind, Inode, LockKind};
 
 /// The fuser [`Filesystem`] over a [`Fs`].
 pub struct DynamoFuse {
@@ -81,6 +81,7 @@ error_reply!(
     ReplyDirectory,
     ReplyEmpty,
     ReplyEntry,
+    ReplyLock,
     ReplyOpen,
     ReplyStatfs,
     ReplyWrite,
@@ -152,7 +153,37 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: Vec<u8>) {
     }
 }
 
+fn lock_kind(typ: i32) -> Result<Option<LockKind>, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(Some(LockKind::Read)),
+        libc::F_WRLCK => Ok(Some(LockKind::Write)),
+        libc::F_UNLCK => Ok(None),
+        _ => Err(Errno::from_i32(libc::EINVAL)),
+    }
+}
+
 impl Filesystem for DynamoFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Send fcntl and flock locks to us, so that they hold across clients.
+        if self.fs.session_id().is_some() {
+            if let Err(missing) =
+                config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+            {
+                tracing::warn!(
+                    ?missing,
+                    "the kernel does not offer remote locks: locks stay local to this client"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
+            tracing::warn!(error = %e, "cannot remove the session record");
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         let (ttl, blksize) = (
@@ -436,16 +467,16 @@ impl Filesystem for DynamoFuse {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock: LockOwner,
+        lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            "flush",
-            ino.0,
-            reply,
-            move |fs| async move { fs.flush(fh.0).await },
-            |r, ()| r.ok(),
-        );
+        // Closing any descriptor releases the process's POSIX locks on the file.
+        let op = move |fs: Arc<Fs>| async move {
+            let flushed = fs.flush(fh.0).await;
+            fs.release_locks(ino.0, lock.0).await?;
+            flushed
+        };
+        self.run("flush", ino.0, reply, op, |r, ()| r.ok());
     }
 
     fn release(
@@ -454,17 +485,84 @@ impl Filesystem for DynamoFuse {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock: Option<LockOwner>,
+        lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            "release",
-            ino.0,
-            reply,
-            move |fs| async move { fs.release(fh.0).await },
-            |r, ()| r.ok(),
-        );
+        // The kernel names a lock owner here when the file held a flock lock.
+        let op = move |fs: Arc<Fs>| async move {
+            if let Some(owner) = lock {
+                fs.release_locks(ino.0, owner.0).await?;
+            }
+            fs.release(fh.0).await
+        };
+        self.run("release", ino.0, reply, op, |r, ()| r.ok());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => return reply.error(e),
+        };
+        let range = LockRange {
+            owner: lock_owner.0,
+            start,
+            end,
+            pid,
+        };
+        let op = move |fs: Arc<Fs>| async move { fs.getlk(ino.0, range, kind).await };
+        self.run("getlk", ino.0, reply, op, move |r, held| match held {
+            Some(l) => {
+                let typ = if l.kind == LockKind::Write {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                };
+                r.locked(l.start, l.end, typ, l.pid)
+            }
+            None => r.locked(start, end, libc::F_UNLCK, 0),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(kind) => kind,
+            Err(e) => return reply.error(e),
+        };
+        let range = LockRange {
+            owner: lock_owner.0,
+            start,
+            end,
+            pid,
+        };
+        let op = move |fs: Arc<Fs>| async move { fs.setlk(ino.0, range, kind, sleep).await };
+        self.run("setlk", ino.0, reply, op, |r, ()| r.ok());
     }
 
     fn fsync(

@@ -9,8 +9,9 @@
 //!                                                       nlink, parent, symlink target, xattrs, ver
 //!                 d:<dir ino>        <encoded name>     Entry: child ino, kind
 //!                 g:                 <ino>              pending block cleanup (truncate, delete)
-//!                 s:                 <session id>       reserved for client sessions
-//!                 l:<ino>            <owner/range>      reserved for byte-range locks
+//!                 s:                 <session id>       Session: host, pid, mountpoint, lease
+//!                 l:                 <ino>              Locks: every byte-range and flock lock
+//!                                                       on the file, with its session and owner
 //!
 //! <TABLE>Blocks   blockId (S, hash)  blockNum (N, range)
 //! ------------------------------------------------------------------------------
@@ -66,6 +67,22 @@ pub const CLEANUP_PARTITION: &str = "g:";
 /// Key of the pending block cleanup of inode `ino`.
 pub fn cleanup_key(ino: u64) -> Key {
     Key::meta(CLEANUP_PARTITION, ino.to_string())
+}
+
+/// Partition of the client sessions.
+pub const SESSION_PARTITION: &str = "s:";
+
+/// Key of session `id`.
+pub fn session_key(id: &str) -> Key {
+    Key::meta(SESSION_PARTITION, id)
+}
+
+/// Partition of the lock records, one item per locked file.
+pub const LOCK_PARTITION: &str = "l:";
+
+/// Key of the lock record of inode `ino`.
+pub fn lock_key(ino: u64) -> Key {
+    Key::meta(LOCK_PARTITION, ino.to_string())
 }
 
 /// Partition (blockId) of stripe `stripe` of inode `ino`.

@@ -15,4 +15,5 @@ pub mod mount;
 pub mod records;
 pub mod retry;
 pub mod source;
+pub mod status;
 pub mod store;

@@ -380,17 +380,25 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let fs = rt.block_on(async {
-        let store = args
+        let opened = args
             .source
-            .open(options.endpoint.clone(), options.timeout)
-            .await
-            .map_err(|e| format!("cannot open {}: {e}", args.source))?;
-        Fs::new(store, fs_config(options))
-            .await
-            .map_err(|e| format!("cannot open {}: {e}", args.source))
+            .open(options.endpoint.clone(), options.timeout, true)
+            .await;
+        let store = opened.map_err(|e| format!("cannot open {}: {e}", args.source))?;
+        let fs = Fs::new(store, fs_config(options)).await;
+        let fs = fs.map_err(|e| format!("cannot open {}: {e}", args.source))?;
+        let registered = fs
+            .register_session(&mountpoint.display().to_string(), options.heartbeat)
+            .await;
+        registered.map_err(|e| format!("cannot register a session: {e}"))?;
+        Ok::<_, String>(Arc::new(fs))
     })?;
+    let heartbeat = {
+        let _runtime = rt.enter();
+        fs.spawn_heartbeat()
+    };
     let session = start_session(
-        Arc::new(fs),
+        fs,
         rt.handle().clone(),
         &args.source.to_string(),
         mountpoint,
@@ -407,6 +415,9 @@ fn serve(
         }
     });
     let result = session.run();
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
     tracing::info!("unmounted");
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))

@@ -182,6 +182,66 @@ pub struct Cleanup {
     pub stored: u64,
 }
 
+/// A mounted client. Its lease is renewed on every heartbeat; once `expires` has
+/// passed (by more than a grace period), the client counts as dead and any other
+/// client may release its locks and delete the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random identifier of this mount.
+    pub id: String,
+    /// Host name of the client.
+    pub host: String,
+    /// Process id of the mount process.
+    pub pid: u32,
+    /// Where it is mounted.
+    pub mountpoint: String,
+    /// dynamofs version of the client.
+    pub version: String,
+    /// When the mount started.
+    pub started: Timestamp,
+    /// Milliseconds since the epoch when the lease runs out.
+    pub expires_ms: u64,
+    /// Heartbeat interval in milliseconds (the lease is several of them).
+    pub heartbeat_ms: u64,
+}
+
+/// Whether a lock is shared or exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    /// Shared (F_RDLCK, LOCK_SH).
+    Read,
+    /// Exclusive (F_WRLCK, LOCK_EX).
+    Write,
+}
+
+/// One held byte-range lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// The session holding it.
+    pub session: String,
+    /// The lock owner within that session (the kernel's lock owner id).
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (`u64::MAX` for "to the end of file").
+    pub end: u64,
+    /// Shared or exclusive.
+    pub kind: LockKind,
+    /// Process id of the holder, on its host, for F_GETLK.
+    pub pid: u32,
+}
+
+/// Every lock held on one file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSet {
+    /// The locks, in no particular order.
+    #[serde(default)]
+    pub locks: Vec<Lock>,
+    /// Version for optimistic locking.
+    pub ver: u64,
+}
+
 /// Serialize a record into an item.
 pub fn to_item<T: Serialize>(record: &T) -> Item {
     serde_dynamo::to_item(record).expect("records always serialize to an item")

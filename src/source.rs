@@ -86,11 +86,12 @@ impl FromStr for Source {
 }
 
 impl Source {
-    /// Open the store this source names, creating tables or the file if needed.
+    /// Open the store this source names; `create` makes missing tables or the file.
     pub async fn open(
         &self,
         endpoint: Option<String>,
         request_timeout: Duration,
+        create: bool,
     ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
             Source::Aws { region, table } => {
@@ -99,8 +100,15 @@ impl Source {
                     table: table.clone(),
                     endpoint,
                     request_timeout,
+                    create_tables: create,
                 };
                 Arc::new(DynamoStore::connect(&config).await?)
+            }
+            Source::Local { path } if !create && !path.exists() => {
+                return Err(StoreError::NotFound(format!(
+                    "{} does not exist",
+                    path.display()
+                )))
             }
             Source::Local { path } => Arc::new(EmbeddedStore::open(path)?),
         })

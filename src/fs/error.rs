@@ -47,6 +47,15 @@ pub enum FsError {
     /// The file handle is unknown.
     #[error("bad file handle")]
     BadHandle,
+    /// A conflicting lock is held (F_SETLK).
+    #[error("resource temporarily unavailable")]
+    WouldBlock,
+    /// A wait was interrupted by a signal (F_SETLKW).
+    #[error("interrupted")]
+    Interrupted,
+    /// Locks need a session, and this filesystem instance registered none.
+    #[error("no locks available")]
+    NoLocks,
     /// The operation is not supported.
     #[error("operation not supported")]
     Unsupported,
@@ -73,6 +82,9 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::NoSpace => libc::ENOSPC,
             FsError::BadHandle => libc::EBADF,
+            FsError::WouldBlock => libc::EAGAIN,
+            FsError::Interrupted => libc::EINTR,
+            FsError::NoLocks => libc::ENOLCK,
             FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::Store(StoreError::Throttled(_)) => libc::EAGAIN,
             FsError::Store(

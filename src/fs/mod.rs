@@ -15,9 +15,11 @@ mod create;
 mod dir;
 pub mod error;
 mod file;
+mod locks;
 mod lookup;
 mod remove;
 mod rename;
+mod session;
 mod setattr;
 mod tx;
 mod xattr;
@@ -29,7 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use error::{FsError, FsResult};
 pub use file::Opened;
+pub use locks::{signal_pending, LockRange};
 pub use rename::RenameMode;
+pub use session::{is_alive, SessionStatus};
 pub use setattr::{SetAttr, SetTime};
 pub use xattr::XattrMode;
 
@@ -143,6 +147,9 @@ pub struct Fs {
     files: file::OpenFiles,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
+    session: std::sync::OnceLock<session::OwnSession>,
+    liveness: session::Liveness,
+    locks: locks::HeldLocks,
 }
 
 enum Handle {
@@ -166,6 +173,12 @@ impl Fs {
     pub async fn new(store: Arc<dyn Store>, config: FsConfig) -> FsResult<Fs> {
         let format = match store.get(&keys::format_key()).await? {
             Some(item) => from_item::<Format>(item)?,
+            None if config.read_only => {
+                return Err(StoreError::NotFound(
+                    "no dynamofs format record: the store was never mounted read-write".into(),
+                )
+                .into())
+            }
             None => Self::format(store.as_ref(), &config).await?,
         };
         if format.version != FORMAT_VERSION {
@@ -185,6 +198,9 @@ impl Fs {
             files: file::OpenFiles::default(),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            session: std::sync::OnceLock::new(),
+            liveness: session::Liveness::default(),
+            locks: locks::HeldLocks::default(),
         })
     }
 
@@ -244,6 +260,15 @@ impl Fs {
     /// The format record of this filesystem.
     pub fn format_record(&self) -> &Format {
         &self.format
+    }
+
+    /// Inode numbers handed out so far, by every client (batches included).
+    pub async fn inodes_allocated(&self) -> FsResult<u64> {
+        let counter = self.store.get(&keys::inode_counter_key()).await?;
+        Ok(match counter.as_ref().and_then(|item| item.get("next")) {
+            Some(crate::store::Value::N(n)) => n.parse().unwrap_or(0),
+            _ => 0,
+        })
     }
 
     /// The mount configuration.

@@ -37,6 +37,8 @@ pub struct DynamoConfig {
     pub endpoint: Option<String>,
     /// Upper bound on one request including the SDK's connection set-up.
     pub request_timeout: Duration,
+    /// Create missing tables (a mount does; `dynamofs status` does not).
+    pub create_tables: bool,
 }
 
 /// A [`Store`] on two DynamoDB tables.
@@ -45,6 +47,7 @@ pub struct DynamoStore {
     meta_table: String,
     blocks_table: String,
     requests: AtomicU64,
+    create_tables: bool,
 }
 
 /// The key schema each table must have: (hash, range) with their scalar types.
@@ -178,6 +181,7 @@ impl DynamoStore {
             meta_table: config.table.clone(),
             blocks_table: format!("{}Blocks", config.table),
             requests: AtomicU64::new(0),
+            create_tables: config.create_tables,
         };
         for table in [Table::Meta, Table::Blocks] {
             store.ensure_table(table).await?;
@@ -230,6 +234,9 @@ impl DynamoStore {
             Ok(out) => out
                 .table
                 .ok_or_else(|| StoreError::fatal("DescribeTable returned no table"))?,
+            Err(StoreError::NotFound(_)) if !self.create_tables => {
+                return Err(StoreError::NotFound(format!("table {name} does not exist")));
+            }
             Err(StoreError::NotFound(_)) => {
                 tracing::info!(table = %name, "creating table (on-demand billing)");
                 self.create_table(table, &name).await?;

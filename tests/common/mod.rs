@@ -143,6 +143,7 @@ pub fn dynamo_config(table: &str) -> DynamoConfig {
         table: table.into(),
         endpoint: Some(dynamo_local().endpoint()),
         request_timeout: Duration::from_secs(20),
+        create_tables: true,
     }
 }
 

@@ -1,0 +1,306 @@
+//! Client sessions: every mount registers a record with a lease, renews it on a
+//! heartbeat, and removes it (with its locks) on a clean unmount. A session whose
+//! lease has run out is dead: any live client may release its locks and delete it,
+//! each step a conditional write so that two cleaners never collide.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{Fs, FsError, FsResult};
+use crate::keys::{self, SESSION_PARTITION};
+use crate::records::{from_item, to_item, LockSet, Session, Timestamp};
+use crate::store::{Condition, Table, Value, WriteOp, VERSION_ATTR};
+
+/// Heartbeats a lease lasts.
+const LEASE_HEARTBEATS: u64 = 3;
+/// How long another session's liveness is trusted before it is read again.
+const LIVENESS_TTL: Duration = Duration::from_secs(1);
+
+/// This mount's own session.
+pub(super) struct OwnSession {
+    pub(super) id: String,
+    heartbeat: Duration,
+    record: tokio::sync::Mutex<(Session, u64)>,
+}
+
+/// Liveness of other sessions, as last read.
+#[derive(Default)]
+pub(super) struct Liveness {
+    seen: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// A session as `dynamofs status` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionStatus {
+    /// The stored record.
+    #[serde(flatten)]
+    pub session: Session,
+    /// Whether its lease still holds.
+    pub alive: bool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a session record's lease still holds, allowing one heartbeat of grace for
+/// clock differences and a slow renewal.
+pub fn is_alive(session: &Session, now_ms: u64) -> bool {
+    now_ms <= session.expires_ms.saturating_add(session.heartbeat_ms)
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its whole length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn session_item(session: &Session, ver: u64) -> crate::store::Item {
+    let mut item = to_item(session);
+    item.insert(VERSION_ATTR.into(), Value::N(ver.to_string()));
+    item
+}
+
+fn version_of(item: &crate::store::Item) -> u64 {
+    match item.get(VERSION_ATTR) {
+        Some(Value::N(n)) => n.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl Fs {
+    /// Register this mount as a session with a lease of a few `heartbeat`s. Locks need one.
+    pub async fn register_session(
+        &self,
+        mountpoint: &str,
+        heartbeat: Duration,
+    ) -> FsResult<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let heartbeat_ms = heartbeat.as_millis() as u64;
+        let session = Session {
+            id: id.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            mountpoint: mountpoint.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: Timestamp::now(),
+            expires_ms: now_ms() + heartbeat_ms * LEASE_HEARTBEATS,
+            heartbeat_ms,
+        };
+        let put = WriteOp::Put {
+            key: keys::session_key(&id),
+            item: session_item(&session, 1),
+            cond: Condition::Absent,
+        };
+        self.store.write(put).await?;
+        let own = OwnSession {
+            id: id.clone(),
+            heartbeat,
+            record: tokio::sync::Mutex::new((session, 1)),
+        };
+        if self.session.set(own).is_err() {
+            return Err(FsError::Invalid);
+        }
+        tracing::info!(session = %id, "session registered");
+        Ok(id)
+    }
+
+    /// This mount's session id, if it registered one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.get().map(|s| s.id.as_str())
+    }
+
+    /// Renew the lease. If a cleaner already took the session for dead (this client
+    /// stalled past its lease), its locks are gone: say so and register it again.
+    pub async fn renew_session(&self) -> FsResult<()> {
+        let Some(own) = self.session.get() else {
+            return Ok(());
+        };
+        let mut record = own.record.lock().await;
+        let (session, ver) = &mut *record;
+        session.expires_ms = now_ms() + own.heartbeat.as_millis() as u64 * LEASE_HEARTBEATS;
+        let key = keys::session_key(&own.id);
+        let renewed = self
+            .store
+            .write(WriteOp::Put {
+                key: key.clone(),
+                item: session_item(session, *ver + 1),
+                cond: Condition::VersionIs(*ver),
+            })
+            .await;
+        match renewed {
+            Ok(()) => *ver += 1,
+            Err(crate::store::StoreError::Conflict) => {
+                tracing::error!(session = %own.id, "the session's lease ran out and another client cleaned it up: its locks were released");
+                self.locks.forget_all();
+                self.store
+                    .write(WriteOp::Put {
+                        key,
+                        item: session_item(session, 1),
+                        cond: Condition::None,
+                    })
+                    .await?;
+                *ver = 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Renew the lease every heartbeat and clean up after dead sessions, until the
+    /// returned task is aborted.
+    pub fn spawn_heartbeat(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let heartbeat = self.session.get()?.heartbeat;
+        let fs = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                if let Err(e) = fs.renew_session().await {
+                    tracing::warn!(error = %e, "cannot renew the session lease");
+                }
+                if let Err(e) = fs.clean_dead_sessions().await {
+                    tracing::warn!(error = %e, "cannot clean up after dead sessions");
+                }
+            }
+        }))
+    }
+
+    /// Every session record, with its liveness.
+    pub async fn sessions(&self) -> FsResult<Vec<SessionStatus>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        let now = now_ms();
+        loop {
+            let page = self
+                .store
+                .query(Table::Meta, SESSION_PARTITION, after.as_ref(), 1000)
+                .await?;
+            after = page.items.last().map(|(sk, _)| sk.clone());
+            for (_, item) in page.items {
+                let session: Session = from_item(item)?;
+                out.push(SessionStatus {
+                    alive: is_alive(&session, now),
+                    session,
+                });
+            }
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Whether session `id` holds a live lease (this mount's own always does).
+    pub(super) async fn session_alive(&self, id: &str) -> FsResult<bool> {
+        if self.session_id() == Some(id) {
+            return Ok(true);
+        }
+        if let Some((alive, at)) = self.liveness.seen.lock().unwrap().get(id) {
+            if at.elapsed() < LIVENESS_TTL {
+                return Ok(*alive);
+            }
+        }
+        let alive = match self.store.get(&keys::session_key(id)).await? {
+            Some(item) => is_alive(&from_item::<Session>(item)?, now_ms()),
+            None => false,
+        };
+        self.liveness
+            .seen
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), (alive, Instant::now()));
+        Ok(alive)
+    }
+
+    /// Release the locks of sessions whose lease ran out, then delete their records.
+    pub async fn clean_dead_sessions(&self) -> FsResult<usize> {
+        let dead: Vec<(String, u64)> = {
+            let mut dead = Vec::new();
+            let mut after = None;
+            loop {
+                let page = self
+                    .store
+                    .query(Table::Meta, SESSION_PARTITION, after.as_ref(), 1000)
+                    .await?;
+                after = page.items.last().map(|(sk, _)| sk.clone());
+                for (_, item) in page.items {
+                    let ver = version_of(&item);
+                    let session: Session = from_item(item)?;
+                    if !is_alive(&session, now_ms())
+                        && self.session_id() != Some(session.id.as_str())
+                    {
+                        dead.push((session.id, ver));
+                    }
+                }
+                if !page.more {
+                    break dead;
+                }
+            }
+        };
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        for (ino, set) in self.lock_sets().await? {
+            if set
+                .locks
+                .iter()
+                .any(|l| dead.iter().any(|(id, _)| *id == l.session))
+            {
+                self.rewrite_locks(ino, |locks| {
+                    locks.retain(|l| !dead.iter().any(|(id, _)| *id == l.session))
+                })
+                .await?;
+            }
+        }
+        for (id, ver) in &dead {
+            tracing::info!(session = %id, "cleaning up after a dead session");
+            let delete = WriteOp::Delete {
+                key: keys::session_key(id),
+                cond: Condition::VersionIs(*ver),
+            };
+            match self.store.write(delete).await {
+                // It renewed after all, or another cleaner was first.
+                Ok(()) | Err(crate::store::StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(dead.len())
+    }
+
+    /// End this mount's session: release its locks and delete its record.
+    pub async fn unregister_session(&self) -> FsResult<()> {
+        let Some(own) = self.session.get() else {
+            return Ok(());
+        };
+        for (ino, set) in self.lock_sets().await? {
+            if set.locks.iter().any(|l| l.session == own.id) {
+                self.rewrite_locks(ino, |locks| locks.retain(|l| l.session != own.id))
+                    .await?;
+            }
+        }
+        self.store
+            .write(WriteOp::Delete {
+                key: keys::session_key(&own.id),
+                cond: Condition::None,
+            })
+            .await?;
+        tracing::info!(session = %own.id, "session ended");
+        Ok(())
+    }
+}
+
+impl Liveness {
+    /// Forget what was read, so the next check reads again.
+    pub(super) fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+/// Every lock set in the store, by inode.
+pub(super) type LockSets = Vec<(u64, LockSet)>;

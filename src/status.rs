@@ -1,0 +1,190 @@
+//! `dynamofs status`: the sessions of a filesystem, live and expired, the locks each
+//! holds, and the filesystem's format and size figures. Works without mounting.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{MountOptions, StatusArgs};
+use crate::fs::{Fs, FsConfig, SessionStatus};
+use crate::records::{Format, Lock};
+
+/// Everything `dynamofs status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The source, as given.
+    pub source: String,
+    /// The format record.
+    pub format: Format,
+    /// Inode numbers handed out so far.
+    pub inodes_allocated: u64,
+    /// Every session record.
+    pub sessions: Vec<SessionReport>,
+    /// Locks whose session record is gone (released by the next writer of their file).
+    pub orphan_locks: Vec<LockReport>,
+}
+
+/// One session and its locks.
+#[derive(Debug, Serialize)]
+pub struct SessionReport {
+    /// The session and whether its lease holds.
+    #[serde(flatten)]
+    pub status: SessionStatus,
+    /// The locks it holds.
+    pub locks: Vec<LockReport>,
+}
+
+/// One lock, with the inode it is on.
+#[derive(Debug, Serialize)]
+pub struct LockReport {
+    /// The locked file.
+    pub ino: u64,
+    /// The lock.
+    #[serde(flatten)]
+    pub lock: Lock,
+}
+
+/// Gather the status of the filesystem `fs`.
+pub async fn gather(fs: &Fs, source: String) -> Result<Status, crate::fs::FsError> {
+    let mut locks: Vec<LockReport> = fs
+        .all_locks()
+        .await?
+        .into_iter()
+        .map(|(ino, lock)| LockReport { ino, lock })
+        .collect();
+    let sessions = fs
+        .sessions()
+        .await?
+        .into_iter()
+        .map(|status| {
+            let (mine, rest): (Vec<_>, Vec<_>) = locks
+                .drain(..)
+                .partition(|l| l.lock.session == status.session.id);
+            locks = rest;
+            SessionReport {
+                status,
+                locks: mine,
+            }
+        })
+        .collect();
+    Ok(Status {
+        source,
+        format: fs.format_record().clone(),
+        inodes_allocated: fs.inodes_allocated().await?,
+        sessions,
+        orphan_locks: locks,
+    })
+}
+
+fn range(lock: &Lock) -> String {
+    if lock.end >= i64::MAX as u64 {
+        format!("{}-EOF", lock.start)
+    } else {
+        format!("{}-{}", lock.start, lock.end)
+    }
+}
+
+fn print_human(status: &Status) {
+    println!("filesystem {}", status.source);
+    println!(
+        "  format version {}, block size {} KiB, {} stripes per file, {} inode numbers allocated",
+        status.format.version,
+        status.format.block_size / 1024,
+        status.format.stripes,
+        status.inodes_allocated
+    );
+    println!("sessions: {}", status.sessions.len());
+    for s in &status.sessions {
+        let session = &s.status.session;
+        let state = if s.status.alive { "live" } else { "EXPIRED" };
+        println!(
+            "  {} {state:<7} host {} pid {} mountpoint {} version {} locks {}",
+            session.id,
+            session.host,
+            session.pid,
+            session.mountpoint,
+            session.version,
+            s.locks.len()
+        );
+        for l in &s.locks {
+            println!(
+                "      ino {} {:?} bytes {} owner {:x} pid {}",
+                l.ino,
+                l.lock.kind,
+                range(&l.lock),
+                l.lock.owner,
+                l.lock.pid
+            );
+        }
+    }
+    if !status.orphan_locks.is_empty() {
+        println!(
+            "locks of sessions that are gone: {}",
+            status.orphan_locks.len()
+        );
+        for l in &status.orphan_locks {
+            println!(
+                "      ino {} {:?} bytes {} session {}",
+                l.ino,
+                l.lock.kind,
+                range(&l.lock),
+                l.lock.session
+            );
+        }
+    }
+}
+
+/// Run `dynamofs status`; returns the exit code.
+pub fn run(args: StatusArgs) -> i32 {
+    let options = match MountOptions::parse(&args.options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dynamofs: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynamofs: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        let store = args
+            .source
+            .open(options.endpoint.clone(), options.timeout, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = FsConfig {
+            read_only: true,
+            attr_ttl: Duration::ZERO,
+            entry_ttl: Duration::ZERO,
+            ..FsConfig::default()
+        };
+        let fs = Fs::new(store, config).await.map_err(|e| e.to_string())?;
+        gather(&fs, args.source.to_string())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(status) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("status serializes")
+            );
+            0
+        }
+        Ok(status) => {
+            print_human(&status);
+            0
+        }
+        Err(e) => {
+            eprintln!("dynamofs: cannot read {}: {e}", args.source);
+            1
+        }
+    }
+}
