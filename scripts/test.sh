@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --lib --bins --tests -- --test-threads="${DYNAMOFS_TEST_THREADS:-4}"
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${DYNAMOFS_TEST_THREADS:-4}"

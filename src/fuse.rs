@@ -6,14 +6,14 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
@@ -24,12 +24,23 @@ use crate::records::{FileKind, Inode, LockKind};
 pub struct DynamoFuse {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl DynamoFuse {
     /// Serve `fs`, running its operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        DynamoFuse { fs, rt }
+        DynamoFuse {
+            fs,
+            rt,
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where to put the session's notifier once the session exists, so that taking a
+    /// lock can drop the kernel's cached pages and attributes of the file.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// Run `op` on the runtime; reply with `ok` on success or with the errno on failure.
@@ -562,7 +573,15 @@ impl Filesystem for DynamoFuse {
             pid,
         };
         let op = move |fs: Arc<Fs>| async move { fs.setlk(ino.0, range, kind, sleep).await };
-        self.run("setlk", ino.0, reply, op, |r, ()| r.ok());
+        let notifier = self.notifier.clone();
+        self.run("setlk", ino.0, reply, op, move |r, ()| {
+            if let (Some(_), Some(notifier)) = (kind, notifier.get()) {
+                if let Err(e) = notifier.inval_inode(ino, 0, 0) {
+                    tracing::debug!(error = %e, "cannot drop the kernel's cache of a locked file");
+                }
+            }
+            r.ok()
+        });
     }
 
     fn fsync(

@@ -360,10 +360,14 @@ pub fn start_session(
     let mut session_config = fuser::Config::default();
     session_config.n_threads = Some(options.threads);
     session_config.acl = acl;
-    fuser::Session::from_fd(DynamoFuse::new(fs, rt), fd, acl, session_config).map_err(|e| {
+    let adapter = DynamoFuse::new(fs, rt);
+    let notifier = adapter.notifier_slot();
+    let session = fuser::Session::from_fd(adapter, fd, acl, session_config).map_err(|e| {
         let _ = unmount(mountpoint);
         format!("FUSE handshake failed: {e}")
-    })
+    })?;
+    let _ = notifier.set(session.notifier());
+    Ok(session)
 }
 
 fn serve(

@@ -540,8 +540,10 @@ fn posix_acls_are_refused_so_cp_a_keeps_modes() {
     let m = mounted();
     let f = m.join("f");
     fs::write(&f, b"").unwrap();
+    // The ACL `cp -a` writes for mode 0644: user::rw-, group::r--, other::r--.
+    let acl = b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff";
     assert_eq!(
-        xattr_set(&f, "system.posix_acl_access", b"\x02\0\0\0", 0),
+        xattr_set(&f, "system.posix_acl_access", acl, 0),
         libc::EOPNOTSUPP
     );
     let src = tempfile::tempdir().unwrap();

@@ -8,6 +8,9 @@ pub enum FsError {
     /// No such file or directory.
     #[error("no such file or directory")]
     NotFound,
+    /// The inode the kernel named no longer exists (deleted by another client).
+    #[error("stale file handle")]
+    Stale,
     /// The name already exists.
     #[error("file exists")]
     Exists,
@@ -69,6 +72,7 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::NotFound => libc::ENOENT,
+            FsError::Stale => libc::ESTALE,
             FsError::Exists => libc::EEXIST,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,

@@ -393,6 +393,28 @@ impl Fs {
         Ok(())
     }
 
+    /// Write back this client's buffered writes of `ino`, if it has the file open.
+    pub(super) async fn flush_open_file(&self, ino: u64) -> FsResult<()> {
+        match self.files.data(ino) {
+            Some(data) => self.flush_data(&mut *data.lock().await).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Forget what this client cached of `ino` (attributes and clean blocks), so that
+    /// the next read sees what other clients wrote: taking a lock makes the writes of
+    /// its previous holder visible, as on NFS.
+    pub(super) async fn revalidate_open_file(&self, ino: u64) -> FsResult<()> {
+        self.forget_inode(ino);
+        if let Some(data) = self.files.data(ino) {
+            let mut data = data.lock().await;
+            if !data.has_unflushed() {
+                *data = FileData::new(self.load_inode(ino, true).await?);
+            }
+        }
+        Ok(())
+    }
+
     /// Flush the file's buffered writes (close of one descriptor).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let (_, _, data) = self.file_handle(fh)?;
@@ -443,7 +465,7 @@ impl Fs {
     async fn delete_orphan(&self, ino: u64) -> FsResult<()> {
         self.optimistic(|_| async move {
             let inode = match self.load_inode(ino, true).await {
-                Err(FsError::NotFound) => return Ok(()),
+                Err(FsError::Stale) => return Ok(()),
                 other => other?,
             };
             if inode.nlink > 0 {

@@ -7,6 +7,9 @@
 //! do not count and are dropped by the next writer of the record. A waiting F_SETLKW
 //! polls with backoff (at most a few requests per second) and gives up with EINTR as
 //! soon as the waiting process has a signal pending or is gone.
+//!
+//! Locks also order data, as on NFS: unlocking writes back the file's buffered data
+//! first, and taking a lock drops what this client cached of the file.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -101,21 +104,39 @@ fn apply(locks: &mut Vec<Lock>, session: &str, range: LockRange, kind: Option<Lo
     *locks = kept;
 }
 
-/// Whether the process waiting in the kernel has an unblocked signal pending or is
-/// gone. fuser does not pass FUSE_INTERRUPT on, so a waiter looks for itself.
+fn signal_mask(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Whether process `pid` has a signal for a thread waiting on FUSE (as F_SETLKW does),
+/// or is gone. fuser does not pass FUSE_INTERRUPT on, and FUSE names the process, not
+/// the thread, so a waiter looks at the process-wide pending signals and at those of
+/// its threads that sit waiting for a FUSE answer. (Two threads of one process both
+/// waiting, only one of them signalled, could see the wrong one interrupted.)
 pub fn signal_pending(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let pending = field("SigPnd:") | field("ShdPnd:");
-    pending & !field("SigBlk:") & !field("SigIgn:") != 0
+    threads.flatten().any(|thread| {
+        let Ok(status) = std::fs::read_to_string(thread.path().join("status")) else {
+            return false;
+        };
+        let waiting = std::fs::read_to_string(thread.path().join("wchan"))
+            .is_ok_and(|w| w.contains("request_wait_answer"));
+        let own = if waiting {
+            signal_mask(&status, "SigPnd:")
+        } else {
+            0
+        };
+        (own | signal_mask(&status, "ShdPnd:"))
+            & !signal_mask(&status, "SigBlk:")
+            & !signal_mask(&status, "SigIgn:")
+            != 0
+    })
 }
 
 impl Fs {
@@ -260,9 +281,14 @@ impl Fs {
         wait: bool,
     ) -> FsResult<()> {
         let session = self.lock_session()?.to_string();
+        if kind.is_none() {
+            // What was written under the lock must be visible to its next holder.
+            self.flush_open_file(ino).await?;
+        }
         let mut pause = Duration::from_millis(10);
         loop {
             match self.try_setlk(ino, &session, range, kind).await {
+                Ok(()) if kind.is_some() => return self.revalidate_open_file(ino).await,
                 Err(FsError::WouldBlock) if wait => {
                     let until = tokio::time::Instant::now() + pause;
                     while tokio::time::Instant::now() < until {

@@ -21,7 +21,7 @@ impl Fs {
         match self.load_inode(entry.ino, false).await {
             Ok(inode) => Ok(self.present(inode)),
             // A cached entry may be stale: read both fresh before saying ENOENT.
-            Err(FsError::NotFound) => match self.load_entry(parent, name, true).await? {
+            Err(FsError::Stale) => match self.load_entry(parent, name, true).await? {
                 Some(entry) => Ok(self.present(self.load_inode(entry.ino, true).await?)),
                 None => Err(FsError::NotFound),
             },

@@ -367,8 +367,10 @@ impl Fs {
                 Ok(inode)
             }
             None => {
+                // Addressed by number but gone: another client deleted it. ESTALE makes
+                // the kernel look the path up again instead of failing the call.
                 self.forget_inode(ino);
-                Err(FsError::NotFound)
+                Err(FsError::Stale)
             }
         }
     }

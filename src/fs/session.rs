@@ -14,6 +14,8 @@ use crate::store::{Condition, Table, Value, WriteOp, VERSION_ATTR};
 
 /// Heartbeats a lease lasts.
 const LEASE_HEARTBEATS: u64 = 3;
+/// Heartbeats an expired session's record is kept after its locks were released.
+const RETAIN_HEARTBEATS: u64 = 60;
 /// How long another session's liveness is trusted before it is read again.
 const LIVENESS_TTL: Duration = Duration::from_secs(1);
 
@@ -172,11 +174,10 @@ impl Fs {
         }))
     }
 
-    /// Every session record, with its liveness.
-    pub async fn sessions(&self) -> FsResult<Vec<SessionStatus>> {
+    /// Every session record, with the version it was read at.
+    async fn session_records(&self) -> FsResult<Vec<(Session, u64)>> {
         let mut out = Vec::new();
         let mut after = None;
-        let now = now_ms();
         loop {
             let page = self
                 .store
@@ -184,16 +185,26 @@ impl Fs {
                 .await?;
             after = page.items.last().map(|(sk, _)| sk.clone());
             for (_, item) in page.items {
-                let session: Session = from_item(item)?;
-                out.push(SessionStatus {
-                    alive: is_alive(&session, now),
-                    session,
-                });
+                let ver = version_of(&item);
+                out.push((from_item(item)?, ver));
             }
             if !page.more {
                 return Ok(out);
             }
         }
+    }
+
+    /// Every session record, with its liveness.
+    pub async fn sessions(&self) -> FsResult<Vec<SessionStatus>> {
+        let now = now_ms();
+        let records = self.session_records().await?;
+        Ok(records
+            .into_iter()
+            .map(|(session, _)| SessionStatus {
+                alive: is_alive(&session, now),
+                session,
+            })
+            .collect())
     }
 
     /// Whether session `id` holds a live lease (this mount's own always does).
@@ -218,50 +229,38 @@ impl Fs {
         Ok(alive)
     }
 
-    /// Release the locks of sessions whose lease ran out, then delete their records.
+    /// Release the locks of sessions whose lease ran out; delete their records once they
+    /// have been expired for a while (until then `dynamofs status` shows them).
     pub async fn clean_dead_sessions(&self) -> FsResult<usize> {
-        let dead: Vec<(String, u64)> = {
-            let mut dead = Vec::new();
-            let mut after = None;
-            loop {
-                let page = self
-                    .store
-                    .query(Table::Meta, SESSION_PARTITION, after.as_ref(), 1000)
-                    .await?;
-                after = page.items.last().map(|(sk, _)| sk.clone());
-                for (_, item) in page.items {
-                    let ver = version_of(&item);
-                    let session: Session = from_item(item)?;
-                    if !is_alive(&session, now_ms())
-                        && self.session_id() != Some(session.id.as_str())
-                    {
-                        dead.push((session.id, ver));
-                    }
-                }
-                if !page.more {
-                    break dead;
-                }
-            }
-        };
+        let now = now_ms();
+        let dead: Vec<(Session, u64)> = self
+            .session_records()
+            .await?
+            .into_iter()
+            .filter(|(s, _)| !is_alive(s, now) && self.session_id() != Some(s.id.as_str()))
+            .collect();
         if dead.is_empty() {
             return Ok(0);
         }
+        let is_dead = |id: &str| dead.iter().any(|(s, _)| s.id == id);
         for (ino, set) in self.lock_sets().await? {
-            if set
-                .locks
-                .iter()
-                .any(|l| dead.iter().any(|(id, _)| *id == l.session))
-            {
-                self.rewrite_locks(ino, |locks| {
-                    locks.retain(|l| !dead.iter().any(|(id, _)| *id == l.session))
-                })
-                .await?;
+            if set.locks.iter().any(|l| is_dead(&l.session)) {
+                tracing::info!(ino, "releasing the locks of a dead session");
+                self.rewrite_locks(ino, |locks| locks.retain(|l| !is_dead(&l.session)))
+                    .await?;
             }
         }
-        for (id, ver) in &dead {
-            tracing::info!(session = %id, "cleaning up after a dead session");
+        for (session, ver) in &dead {
+            if now
+                <= session
+                    .expires_ms
+                    .saturating_add(session.heartbeat_ms * RETAIN_HEARTBEATS)
+            {
+                continue;
+            }
+            tracing::info!(session = %session.id, "deleting the record of a dead session");
             let delete = WriteOp::Delete {
-                key: keys::session_key(id),
+                key: keys::session_key(&session.id),
                 cond: Condition::VersionIs(*ver),
             };
             match self.store.write(delete).await {
