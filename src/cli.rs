@@ -59,9 +59,11 @@ pub enum Command {
     Mount(MountArgs),
     /// Show the sessions (live and expired), their locks, and the format of a filesystem.
     Status(StatusArgs),
+    /// Check the consistency of a filesystem (read-only): entries, inodes, link counts, blocks.
+    Fsck(StatusArgs),
 }
 
-/// Arguments of `dynamofs status`.
+/// Arguments of `dynamofs status` and `dynamofs fsck`.
 #[derive(Debug, Args, Clone)]
 pub struct StatusArgs {
     /// aws:REGION/TABLE or local:PATH

@@ -60,5 +60,6 @@ fn main() {
     match Cli::parse().command {
         Command::Mount(mount) => std::process::exit(dynamofs::mount::run(mount)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
+        Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),
     }
 }

@@ -1,5 +1,6 @@
 //! `dynamofs status`: the sessions of a filesystem, live and expired, the locks each
-//! holds, and the filesystem's format and size figures. Works without mounting.
+//! holds, and the filesystem's format and size figures; and `dynamofs fsck`, the
+//! consistency check. Both work without mounting and change nothing.
 
 use std::time::Duration;
 
@@ -134,26 +135,17 @@ fn print_human(status: &Status) {
     }
 }
 
-/// Run `dynamofs status`; returns the exit code.
-pub fn run(args: StatusArgs) -> i32 {
-    let options = match MountOptions::parse(&args.options) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("dynamofs: {e}");
-            return 2;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// Open the filesystem of `args` read-only, without creating anything, and run `work` on it.
+fn with_fs<T>(
+    args: &StatusArgs,
+    work: impl AsyncFnOnce(Fs) -> Result<T, String>,
+) -> Result<T, String> {
+    let options = MountOptions::parse(&args.options)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dynamofs: cannot start the runtime: {e}");
-            return 1;
-        }
-    };
-    let result = rt.block_on(async {
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
         let store = args
             .source
             .open(options.endpoint.clone(), options.timeout, false)
@@ -166,11 +158,16 @@ pub fn run(args: StatusArgs) -> i32 {
             ..FsConfig::default()
         };
         let fs = Fs::new(store, config).await.map_err(|e| e.to_string())?;
-        gather(&fs, args.source.to_string())
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
+        work(fs).await
+    })
+}
+
+/// Run `dynamofs status`; returns the exit code.
+pub fn run(args: StatusArgs) -> i32 {
+    let source = args.source.to_string();
+    match with_fs(&args, async |fs| {
+        gather(&fs, source).await.map_err(|e| e.to_string())
+    }) {
         Ok(status) if args.json => {
             println!(
                 "{}",
@@ -184,6 +181,40 @@ pub fn run(args: StatusArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("dynamofs: cannot read {}: {e}", args.source);
+            1
+        }
+    }
+}
+
+/// Run `dynamofs fsck`; exits 0 when nothing is wrong, 1 otherwise.
+pub fn fsck(args: StatusArgs) -> i32 {
+    match with_fs(&args, async |fs| {
+        fs.check().await.map_err(|e| e.to_string())
+    }) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                println!(
+                    "{}: {} entries, {} inodes, {} blocks, {} pending cleanups, {} problems",
+                    args.source,
+                    report.entries,
+                    report.inodes,
+                    report.blocks,
+                    report.pending_cleanups,
+                    report.problems.len()
+                );
+                for problem in &report.problems {
+                    println!("  {problem}");
+                }
+            }
+            i32::from(!report.problems.is_empty())
+        }
+        Err(e) => {
+            eprintln!("dynamofs: cannot check {}: {e}", args.source);
             1
         }
     }

@@ -196,6 +196,14 @@ impl Store for Conflicting {
         }
         self.inner.transact(ops).await
     }
+    async fn scan_keys(
+        &self,
+        table: Table,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), StoreError> {
+        self.inner.scan_keys(table, after, limit).await
+    }
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
         self.inner.add(key, attr, delta).await
     }
@@ -403,5 +411,63 @@ async fn delete_and_truncate_free_their_blocks() {
             .unwrap()
             .is_none(),
         "orphan inode left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_finds_planted_inconsistencies() {
+    let store = common::dynamo_store("Fsck").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let (file, opened) = fs
+        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, b"data").await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    assert!(
+        fs.check().await.unwrap().problems.is_empty(),
+        "a clean filesystem checks clean"
+    );
+
+    // A dangling entry, a block nobody owns, and a block past a file's end.
+    let dangling = dynamofs::records::Entry {
+        ino: 999_999,
+        kind: dynamofs::records::FileKind::File,
+    };
+    store
+        .write(WriteOp::Put {
+            key: keys::entry_key(ROOT_INO, b"ghost"),
+            item: to_item(&dangling),
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
+    let mut block = Item::default();
+    block.insert("d".into(), dynamofs::store::Value::B(vec![1]));
+    store
+        .write(WriteOp::Put {
+            key: keys::block_key(888_888, 0, 16),
+            item: block.clone(),
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
+    store
+        .write(WriteOp::Put {
+            key: keys::block_key(file.ino, 7, 16),
+            item: block,
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
+    let report = fs.check().await.unwrap();
+    let text = report.problems.join("\n");
+    assert_eq!(report.problems.len(), 3, "{text}");
+    assert!(
+        text.contains("missing inode 999999")
+            && text.contains("belongs to no inode")
+            && text.contains("past its size"),
+        "{text}"
     );
 }

@@ -359,7 +359,41 @@ async fn limits(store: &dyn Store) {
     assert_eq!(store.get(&Key::block("l:1", 1)).await.unwrap(), None);
 }
 
+async fn scans(store: &dyn Store) {
+    for i in 0..30u64 {
+        store
+            .write(put(
+                &Key::block(format!("s:{}", i % 7), i),
+                item(&[("d", Value::B(vec![1]))]),
+                Condition::None,
+            ))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<Key> = None;
+    loop {
+        let (keys, more) = store
+            .scan_keys(Table::Blocks, after.as_ref(), 4)
+            .await
+            .unwrap();
+        assert!(keys.len() <= 4);
+        after = keys.last().cloned();
+        seen.extend(keys.into_iter().filter(|k| k.pk.starts_with("s:")));
+        if !more {
+            break;
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<Key> = (0..30u64)
+        .map(|i| Key::block(format!("s:{}", i % 7), i))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every key once");
+}
+
 async fn suite(store: Arc<dyn Store>) {
+    scans(store.as_ref()).await;
     conditions(store.as_ref()).await;
     transactions(store.as_ref()).await;
     queries(store.as_ref()).await;

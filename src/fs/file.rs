@@ -386,7 +386,23 @@ impl Fs {
                     Ok(written.get(&ino).cloned().expect("updated inode"))
                 }
             })
-            .await?;
+            .await;
+        let updated = match updated {
+            Err(FsError::Stale) => {
+                // Another client deleted the file meanwhile: the blocks just written
+                // belong to nobody, so take them back rather than leak them.
+                self.finish_cleanup(Cleanup {
+                    ino,
+                    keep: 0,
+                    stored: size,
+                })
+                .await;
+                data.dirty.clear();
+                data.mtime = None;
+                return Err(FsError::Stale);
+            }
+            other => other?,
+        };
         data.stored = updated;
         data.mtime = None;
         self.files.set_pending(ino, data);

@@ -20,11 +20,20 @@ impl Fs {
         };
         match self.load_inode(entry.ino, false).await {
             Ok(inode) => Ok(self.present(inode)),
-            // A cached entry may be stale: read both fresh before saying ENOENT.
-            Err(FsError::Stale) => match self.load_entry(parent, name, true).await? {
-                Some(entry) => Ok(self.present(self.load_inode(entry.ino, true).await?)),
-                None => Err(FsError::NotFound),
-            },
+            // A cached entry may be stale, or the file was replaced between our two
+            // reads: read both fresh, again if needed, before answering.
+            Err(FsError::Stale) => {
+                let inode = self
+                    .optimistic(|_| async move {
+                        let entry = self
+                            .load_entry(parent, name, true)
+                            .await?
+                            .ok_or(FsError::NotFound)?;
+                        self.load_entry_target(&entry).await
+                    })
+                    .await?;
+                Ok(self.present(inode))
+            }
             Err(e) => Err(e),
         }
     }

@@ -15,6 +15,7 @@ mod create;
 mod dir;
 pub mod error;
 mod file;
+mod fsck;
 mod locks;
 mod lookup;
 mod remove;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use error::{FsError, FsResult};
 pub use file::Opened;
+pub use fsck::CheckReport;
 pub use locks::{signal_pending, LockRange};
 pub use rename::RenameMode;
 pub use session::{is_alive, SessionStatus};
@@ -372,6 +374,15 @@ impl Fs {
                 self.forget_inode(ino);
                 Err(FsError::Stale)
             }
+        }
+    }
+
+    /// Read the inode an entry just read points at. If it is gone, another client
+    /// removed or replaced the entry meanwhile: a conflict, so the attempt starts over.
+    async fn load_entry_target(&self, entry: &Entry) -> FsResult<Inode> {
+        match self.load_inode(entry.ino, true).await {
+            Err(FsError::Stale) => Err(StoreError::Conflict.into()),
+            other => other,
         }
     }
 

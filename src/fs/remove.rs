@@ -47,7 +47,7 @@ impl Fs {
                 _ => {}
             }
             let dir = self.load_dir(parent, fresh).await?;
-            let inode = self.load_inode(entry.ino, true).await?;
+            let inode = self.load_entry_target(&entry).await?;
             if is_dir && !self.dir_is_empty(entry.ino).await? {
                 return Err(FsError::NotEmpty);
             }

@@ -85,9 +85,9 @@ impl Fs {
             } else {
                 self.load_dir(newparent, fresh).await?
             };
-            let src_inode = self.load_inode(src.ino, true).await?;
+            let src_inode = self.load_entry_target(&src).await?;
             let dst_inode = match dst {
-                Some(d) => Some(self.load_inode(d.ino, true).await?),
+                Some(d) => Some(self.load_entry_target(&d).await?),
                 None => None,
             };
             if mode != RenameMode::Exchange {

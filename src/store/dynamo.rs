@@ -640,6 +640,51 @@ impl Store for DynamoStore {
         Ok(())
     }
 
+    async fn scan_keys(
+        &self,
+        table: Table,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), StoreError> {
+        let (hash, range) = table.key_names();
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let start = after.map(key_attrs);
+        let out = self
+            .send(|| async {
+                self.client
+                    .scan()
+                    .table_name(self.table_name(table))
+                    .projection_expression("#h, #r")
+                    .expression_attribute_names("#h", hash)
+                    .expression_attribute_names("#r", range)
+                    .set_exclusive_start_key(start.clone())
+                    .consistent_read(true)
+                    .limit(limit)
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+        let more = out.last_evaluated_key.is_some();
+        let keys = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|attrs| {
+                let pk = match attrs.get(hash) {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    _ => return Err(StoreError::fatal("item without its hash key")),
+                };
+                Ok(Key {
+                    table,
+                    pk,
+                    sk: sort_key_of(table, &attrs)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((keys, more))
+    }
+
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
         let table = self.table_name(key.table);
         let out = self

@@ -201,6 +201,42 @@ impl Store for EmbeddedStore {
         self.commit_all(&ops)
     }
 
+    async fn scan_keys(
+        &self,
+        table: Table,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let items = txn.open_table(ITEMS).map_err(backend)?;
+        let id = table_id(table);
+        let after_sk = after.map(|k| encode_sort_key(&k.sk));
+        let start = match (after, &after_sk) {
+            (Some(k), Some(sk)) => Bound::Excluded((id, k.pk.as_str(), sk.as_slice())),
+            _ => Bound::Included((id, "", &[][..])),
+        };
+        let mut keys = Vec::new();
+        for entry in items
+            .range::<(u8, &str, &[u8])>((start, Bound::Unbounded))
+            .map_err(backend)?
+        {
+            let (k, _) = entry.map_err(backend)?;
+            let (t, pk, sk) = k.value();
+            if t != id {
+                break;
+            }
+            if keys.len() == limit {
+                return Ok((keys, true));
+            }
+            keys.push(Key {
+                table,
+                pk: pk.to_string(),
+                sk: decode_sort_key(table, sk)?,
+            });
+        }
+        Ok((keys, false))
+    }
+
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut item = read_item(&txn, key)?.unwrap_or_default();

@@ -270,6 +270,15 @@ pub trait Store: Send + Sync + 'static {
     /// All of `ops` or none of them; [`StoreError::Conflict`] if any condition fails.
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
 
+    /// The keys of a whole table, a page at a time, in no particular order: for the
+    /// consistency checker, never for the filesystem's own operations.
+    async fn scan_keys(
+        &self,
+        table: Table,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), StoreError>;
+
     /// Atomically add `delta` to the numeric attribute `attr` (created at 0) and return the new value.
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError>;
 }

@@ -1,0 +1,182 @@
+//! The consistency checker: walks every entry, inode and block record and reports
+//! what does not add up. It changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Fs, FsResult};
+use crate::keys::{self, ROOT_INO};
+use crate::records::{from_item, Entry, FileKind, Inode};
+use crate::store::{Key, SortKey, Table};
+
+const PAGE: usize = 1000;
+
+/// What the checker saw and what it found wrong.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Directory entries walked.
+    pub entries: usize,
+    /// Inode records found.
+    pub inodes: usize,
+    /// Block records found.
+    pub blocks: usize,
+    /// Cleanups recorded but not finished (normal only while clients are mounted).
+    pub pending_cleanups: usize,
+    /// Every inconsistency, in words.
+    pub problems: Vec<String>,
+}
+
+impl Fs {
+    async fn all_keys(&self, table: Table) -> FsResult<Vec<Key>> {
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = self.store.scan_keys(table, after.as_ref(), PAGE).await?;
+            after = page.last().cloned();
+            keys.extend(page);
+            if !more {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Check the whole filesystem: every entry points at an inode of its kind, link
+    /// counts match the entries, directories have one name and the right parent, no
+    /// inode is unreachable, and no block lies outside a file's size.
+    pub async fn check(&self) -> FsResult<CheckReport> {
+        let mut report = CheckReport::default();
+        let meta = self.all_keys(Table::Meta).await?;
+        let inode_keys: Vec<Key> = meta
+            .iter()
+            .filter(|k| k.pk.starts_with("i:"))
+            .cloned()
+            .collect();
+        let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
+        for chunk in inode_keys.chunks(100) {
+            for item in self.store.batch_get(chunk).await?.into_iter().flatten() {
+                let inode: Inode = from_item(item)?;
+                inodes.insert(inode.ino, inode);
+            }
+        }
+        report.inodes = inodes.len();
+        report.pending_cleanups = meta
+            .iter()
+            .filter(|k| k.pk == keys::CLEANUP_PARTITION)
+            .count();
+
+        let mut names: HashMap<u64, u32> = HashMap::new();
+        let mut subdirs: HashMap<u64, u32> = HashMap::new();
+        let mut parents: HashMap<u64, u64> = HashMap::new();
+        let mut queue = vec![ROOT_INO];
+        while let Some(dir) = queue.pop() {
+            let partition = keys::entries_partition(dir);
+            let mut after: Option<SortKey> = None;
+            loop {
+                let page = self
+                    .store
+                    .query(Table::Meta, &partition, after.as_ref(), PAGE)
+                    .await?;
+                after = page.items.last().map(|(sk, _)| sk.clone());
+                for (sk, item) in page.items {
+                    report.entries += 1;
+                    let entry: Entry = from_item(item)?;
+                    let name = match &sk {
+                        SortKey::S(s) => s.clone(),
+                        SortKey::N(n) => n.to_string(),
+                    };
+                    *names.entry(entry.ino).or_default() += 1;
+                    match inodes.get(&entry.ino) {
+                        None => report.problems.push(format!(
+                            "entry {name:?} in directory {dir} points at missing inode {}",
+                            entry.ino
+                        )),
+                        Some(inode) if inode.kind != entry.kind => report.problems.push(format!(
+                            "entry {name:?} in directory {dir} says {:?} but inode {} is {:?}",
+                            entry.kind, entry.ino, inode.kind
+                        )),
+                        Some(_) => {}
+                    }
+                    if entry.kind == FileKind::Dir {
+                        *subdirs.entry(dir).or_default() += 1;
+                        if parents.insert(entry.ino, dir).is_none() {
+                            queue.push(entry.ino);
+                        }
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            }
+        }
+
+        for (ino, inode) in &inodes {
+            let named = names.get(ino).copied().unwrap_or(0);
+            if *ino == ROOT_INO {
+                continue;
+            }
+            if named == 0 {
+                report.problems.push(format!(
+                    "inode {ino} ({:?}, nlink {}) has no name",
+                    inode.kind, inode.nlink
+                ));
+                continue;
+            }
+            if inode.kind == FileKind::Dir {
+                let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
+                if inode.nlink != want {
+                    report.problems.push(format!(
+                        "directory {ino} has nlink {} but {} subdirectories",
+                        inode.nlink,
+                        want - 2
+                    ));
+                }
+                if named != 1 {
+                    report
+                        .problems
+                        .push(format!("directory {ino} has {named} names"));
+                }
+                if parents.get(ino) != Some(&inode.parent) {
+                    report.problems.push(format!(
+                        "directory {ino} says its parent is {} but lives in {:?}",
+                        inode.parent,
+                        parents.get(ino)
+                    ));
+                }
+            } else if inode.nlink != named {
+                report.problems.push(format!(
+                    "inode {ino} has nlink {} but {named} names",
+                    inode.nlink
+                ));
+            }
+        }
+        if let Some(root) = inodes.get(&ROOT_INO) {
+            let want = 2 + subdirs.get(&ROOT_INO).copied().unwrap_or(0);
+            if root.nlink != want {
+                report.problems.push(format!(
+                    "the root has nlink {} but {} subdirectories",
+                    root.nlink,
+                    want - 2
+                ));
+            }
+        } else {
+            report.problems.push("the root inode is missing".into());
+        }
+
+        let bs = self.format.block_size;
+        for key in self.all_keys(Table::Blocks).await? {
+            report.blocks += 1;
+            let ino: Option<u64> = key.pk.split(':').next().and_then(|i| i.parse().ok());
+            let SortKey::N(index) = key.sk else { continue };
+            match ino.and_then(|ino| inodes.get(&ino)) {
+                None => report
+                    .problems
+                    .push(format!("block {index} of {} belongs to no inode", key.pk)),
+                Some(inode) if index * bs >= inode.size => report.problems.push(format!(
+                    "block {index} of inode {} lies past its size {}",
+                    inode.ino, inode.size
+                )),
+                Some(_) => {}
+            }
+        }
+        Ok(report)
+    }
+}
