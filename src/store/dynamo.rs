@@ -628,10 +628,15 @@ impl Store for DynamoStore {
             .iter()
             .map(|op| self.transact_item(op))
             .collect::<Result<Vec<_>, _>>()?;
+        // One token for every attempt: if an attempt was applied but its answer lost,
+        // DynamoDB treats the retry as the same transaction instead of failing its
+        // conditions against our own write.
+        let token = uuid::Uuid::new_v4().to_string();
         self.send(|| async {
             self.client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
+                .client_request_token(&token)
                 .send()
                 .await
                 .map_err(classify_transaction)
