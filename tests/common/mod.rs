@@ -320,7 +320,6 @@ impl FaultProxy {
 
 /// Read one HTTP/1.1 message (head and Content-Length body); None at end of stream.
 fn read_message(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
-    use std::io::Read;
     let mut message = Vec::new();
     let mut length = 0usize;
     loop {
