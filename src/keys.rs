@@ -12,6 +12,9 @@
 //!                 s:                 <session id>       Session: host, pid, mountpoint, lease
 //!                 l:                 <ino>              Locks: every byte-range and flock lock
 //!                                                       on the file, with its session and owner
+//!                 o:<session id>     <ino>              an unlinked file the session still has
+//!                                                       open (deleted at its last close, or by
+//!                                                       whoever cleans up after the session)
 //!
 //! <TABLE>Blocks   blockId (S, hash)  blockNum (N, range)
 //! ------------------------------------------------------------------------------
@@ -83,6 +86,16 @@ pub const LOCK_PARTITION: &str = "l:";
 /// Key of the lock record of inode `ino`.
 pub fn lock_key(ino: u64) -> Key {
     Key::meta(LOCK_PARTITION, ino.to_string())
+}
+
+/// Partition of the unlinked-but-open files of `session`.
+pub fn orphan_partition(session: &str) -> String {
+    format!("o:{session}")
+}
+
+/// Key of the record that `session` keeps unlinked inode `ino` alive.
+pub fn orphan_key(session: &str, ino: u64) -> Key {
+    Key::meta(orphan_partition(session), ino.to_string())
 }
 
 /// Partition (blockId) of stripe `stripe` of inode `ino`.

@@ -243,6 +243,10 @@ fn locks_of_a_killed_client_are_released_after_its_lease() {
     let (table, a, b) = two_mounts("Kill");
     let victim = open_rw(&a.join("f"));
     set_lock(&victim, false, libc::F_WRLCK, 0, 0).unwrap();
+    // An unlinked file the victim still has open: whoever cleans up after it deletes it.
+    fs::write(a.join("kept-open"), vec![7u8; 300_000]).unwrap();
+    let kept_open = File::open(a.join("kept-open")).unwrap();
+    fs::remove_file(a.join("kept-open")).unwrap();
     let status = status_json(&table);
     let mountpoint = a.path().display().to_string();
     let session = status["sessions"]
@@ -285,8 +289,33 @@ fn locks_of_a_killed_client_are_released_after_its_lease() {
         dead["locks"].as_array().unwrap().is_empty(),
         "its locks were released: {status}"
     );
-    drop(victim);
+    drop((victim, kept_open));
     let _ = Command::new("umount").arg("-l").arg(a.path()).status();
+
+    // B's heartbeat also deleted the file the dead client kept open: nothing is left over.
+    let started = Instant::now();
+    loop {
+        let out = Command::new(dynamofs_bin())
+            .args([
+                "fsck",
+                &format!("aws:us-east-1/{table}"),
+                "-o",
+                &format!("endpoint={}", dynamo_local().endpoint()),
+            ])
+            .env("AWS_ACCESS_KEY_ID", "fake")
+            .env("AWS_SECRET_ACCESS_KEY", "fake")
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && report.contains(" 0 pending cleanups, 0 problems") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the dead client's open file was not cleaned up: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 const SQLITE_WRITER: &str = r#"

@@ -472,23 +472,25 @@ impl Fs {
             }
         };
         if unlinked {
-            self.delete_orphan(handle.ino).await?;
+            let session = self.session_id().map(str::to_owned);
+            self.delete_orphan(handle.ino, session.as_deref()).await?;
         }
         flushed
     }
 
     /// Delete an inode left with no name once its last handle closed.
-    async fn delete_orphan(&self, ino: u64) -> FsResult<()> {
+    /// (`session` is the one that kept it open, if it recorded that.)
+    pub(super) async fn delete_orphan(&self, ino: u64, session: Option<&str>) -> FsResult<()> {
         self.optimistic(|_| async move {
-            let inode = match self.load_inode(ino, true).await {
-                Err(FsError::Stale) => return Ok(()),
-                other => other?,
-            };
-            if inode.nlink > 0 {
-                return Ok(());
-            }
             let mut tx = Tx::new();
-            tx.drop_link(self, &inode);
+            if let Some(session) = session {
+                tx.forget_orphan(session, ino);
+            }
+            match self.load_inode(ino, true).await {
+                Ok(inode) if inode.nlink == 0 => tx.drop_link(self, &inode),
+                Ok(_) | Err(FsError::Stale) => {}
+                Err(e) => return Err(e),
+            }
             tx.commit(self).await.map(|_| ())
         })
         .await

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::{Fs, FsError, FsResult};
 use crate::keys::{self, SESSION_PARTITION};
 use crate::records::{from_item, to_item, LockSet, Session, Timestamp};
-use crate::store::{Condition, Table, Value, WriteOp, VERSION_ATTR};
+use crate::store::{Condition, SortKey, Table, Value, WriteOp, VERSION_ATTR};
 
 /// Heartbeats a lease lasts.
 const LEASE_HEARTBEATS: u64 = 3;
@@ -248,6 +248,24 @@ impl Fs {
                 tracing::info!(ino, "releasing the locks of a dead session");
                 self.rewrite_locks(ino, |locks| locks.retain(|l| !is_dead(&l.session)))
                     .await?;
+            }
+        }
+        for (session, _) in &dead {
+            let orphans = self
+                .store
+                .query(
+                    Table::Meta,
+                    &keys::orphan_partition(&session.id),
+                    None,
+                    1000,
+                )
+                .await?;
+            for (sk, _) in orphans.items {
+                if let SortKey::S(ino) = sk {
+                    tracing::info!(session = %session.id, ino = %ino, "deleting a file a dead session kept open");
+                    self.delete_orphan(ino.parse().unwrap_or(0), Some(&session.id))
+                        .await?;
+                }
             }
         }
         for (session, ver) in &dead {

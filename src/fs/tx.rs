@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{Fs, FsResult};
 use crate::keys;
 use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
-use crate::store::{Condition, WriteOp};
+use crate::store::{Condition, Item, Key, WriteOp};
 
 enum InodeChange {
     Create(Inode),
@@ -20,6 +20,7 @@ pub(super) struct Tx {
     entries: Vec<(u64, Vec<u8>, Option<Entry>, Condition)>,
     cleanups: Vec<Cleanup>,
     orphans: Vec<u64>,
+    orphan_records: Vec<(Key, bool)>,
     now: Timestamp,
 }
 
@@ -30,6 +31,7 @@ impl Tx {
             entries: Vec::new(),
             cleanups: Vec::new(),
             orphans: Vec::new(),
+            orphan_records: Vec::new(),
             now: Timestamp::now(),
         }
     }
@@ -93,6 +95,11 @@ impl Tx {
             inode.ctime = now;
         } else if fs.files.is_open(inode.ino) {
             self.orphans.push(inode.ino);
+            // Durably, so that the inode is deleted even if this client dies first.
+            if let Some(session) = fs.session_id() {
+                self.orphan_records
+                    .push((keys::orphan_key(session, inode.ino), true));
+            }
             let inode = self.update(inode);
             inode.nlink = 0;
             inode.ctime = now;
@@ -105,6 +112,12 @@ impl Tx {
             );
             self.add_cleanup(inode.ino, 0, inode.size);
         }
+    }
+
+    /// Drop the record that `session` kept unlinked inode `ino` open.
+    pub(super) fn forget_orphan(&mut self, session: &str, ino: u64) {
+        self.orphan_records
+            .push((keys::orphan_key(session, ino), false));
     }
 
     /// Record, in this transaction, that the bytes of `ino` from `keep` to `stored`
@@ -151,6 +164,19 @@ impl Tx {
                 InodeChange::Delete { read_ver } => WriteOp::Delete {
                     key,
                     cond: Condition::VersionIs(*read_ver),
+                },
+            });
+        }
+        for (key, keep) in &self.orphan_records {
+            ops.push(match keep {
+                true => WriteOp::Put {
+                    key: key.clone(),
+                    item: Item::default(),
+                    cond: Condition::None,
+                },
+                false => WriteOp::Delete {
+                    key: key.clone(),
+                    cond: Condition::None,
                 },
             });
         }
