@@ -88,7 +88,7 @@ impl Fs {
                 }
             })
             .await?;
-        Ok(self.present(inode))
+        Ok(inode)
     }
 
     /// Create a regular file, fifo, socket or device node.
@@ -119,6 +119,7 @@ impl Fs {
             },
         )
         .await
+        .map(|inode| self.present(inode))
     }
 
     /// Create a directory.
@@ -141,6 +142,7 @@ impl Fs {
             },
         )
         .await
+        .map(|inode| self.present(inode))
     }
 
     /// Create a symbolic link to `target`.
@@ -166,10 +168,11 @@ impl Fs {
             },
         )
         .await
+        .map(|inode| self.present(inode))
     }
 
-    /// Create a regular file and open it (O_CREAT; O_EXCL is implied by the kernel
-    /// only calling this when the name does not exist, and enforced by the condition).
+    /// Create a regular file and open it. (The kernel calls this only for a name it
+    /// believes absent; the create's condition makes that true on every client.)
     pub async fn create(
         &self,
         caller: Caller,
@@ -178,11 +181,18 @@ impl Fs {
         mode: u32,
         flags: i32,
     ) -> FsResult<(Inode, Opened)> {
-        let inode = self
-            .mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), 0)
+        let file = NewNode {
+            kind: FileKind::File,
+            mode,
+            rdev: 0,
+            target: &[],
+        };
+        let inode = self.create_node(caller, parent, name, file).await?;
+        // Just written: no need to read it back before opening it.
+        let opened = self
+            .open_inode(inode.clone(), flags & !libc::O_TRUNC)
             .await?;
-        let opened = self.open(caller, inode.ino, flags & !libc::O_TRUNC).await?;
-        Ok((inode, opened))
+        Ok((self.present(inode), opened))
     }
 
     /// Add the name `newparent/newname` for the existing inode `ino`.

@@ -150,11 +150,16 @@ impl Fs {
 
     /// Open a file. The inode is read fresh from the store (close-to-open consistency).
     pub async fn open(&self, _caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
-        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if writes {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.check_writable()?;
         }
         let inode = self.load_inode(ino, true).await?;
+        self.open_inode(inode, flags).await
+    }
+
+    /// Open `inode`, as just read from (or written to) the store.
+    pub(super) async fn open_inode(&self, inode: Inode, flags: i32) -> FsResult<Opened> {
+        let ino = inode.ino;
         match inode.kind {
             FileKind::Dir => return Err(FsError::IsDir),
             FileKind::File => {}
