@@ -188,9 +188,16 @@ pub fn run(args: StatusArgs) -> i32 {
 
 /// Run `dynamofs fsck`; exits 0 when nothing is wrong, 1 otherwise.
 pub fn fsck(args: StatusArgs) -> i32 {
-    match with_fs(&args, async |fs| {
-        fs.check().await.map_err(|e| e.to_string())
-    }) {
+    // A spinner on a terminal; nothing when stderr is a pipe or a file.
+    let spinner =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let progress = |what: &str| spinner.set_message(what.to_string());
+    let checked = with_fs(&args, async |fs| {
+        fs.check(&progress).await.map_err(|e| e.to_string())
+    });
+    spinner.finish_and_clear();
+    match checked {
         Ok(report) => {
             if args.json {
                 println!(

@@ -426,7 +426,7 @@ async fn the_checker_finds_planted_inconsistencies() {
     fs.release(opened.fh).await.unwrap();
     fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
     assert!(
-        fs.check().await.unwrap().problems.is_empty(),
+        fs.check(&|_| {}).await.unwrap().problems.is_empty(),
         "a clean filesystem checks clean"
     );
 
@@ -461,7 +461,7 @@ async fn the_checker_finds_planted_inconsistencies() {
         })
         .await
         .unwrap();
-    let report = fs.check().await.unwrap();
+    let report = fs.check(&|_| {}).await.unwrap();
     let text = report.problems.join("\n");
     assert_eq!(report.problems.len(), 3, "{text}");
     assert!(

@@ -42,7 +42,9 @@ impl Fs {
     /// Check the whole filesystem: every entry points at an inode of its kind, link
     /// counts match the entries, directories have one name and the right parent, no
     /// inode is unreachable, and no block lies outside a file's size.
-    pub async fn check(&self) -> FsResult<CheckReport> {
+    /// `progress` hears what the checker is doing, for a progress display.
+    pub async fn check(&self, progress: &(dyn Fn(&str) + Sync)) -> FsResult<CheckReport> {
+        progress("scanning metadata keys");
         let mut report = CheckReport::default();
         let meta = self.all_keys(Table::Meta).await?;
         let inode_keys: Vec<Key> = meta
@@ -58,6 +60,7 @@ impl Fs {
             }
         }
         report.inodes = inodes.len();
+        progress(&format!("walking the tree ({} inodes)", report.inodes));
         report.pending_cleanups = meta
             .iter()
             .filter(|k| k.pk == keys::CLEANUP_PARTITION)
@@ -68,6 +71,7 @@ impl Fs {
         let mut parents: HashMap<u64, u64> = HashMap::new();
         let mut queue = vec![ROOT_INO];
         while let Some(dir) = queue.pop() {
+            progress(&format!("walking the tree: {} entries", report.entries));
             let partition = keys::entries_partition(dir);
             let mut after: Option<SortKey> = None;
             loop {
@@ -162,6 +166,7 @@ impl Fs {
         }
 
         let bs = self.format.block_size;
+        progress("scanning blocks");
         for key in self.all_keys(Table::Blocks).await? {
             report.blocks += 1;
             let ino: Option<u64> = key.pk.split(':').next().and_then(|i| i.parse().ok());
