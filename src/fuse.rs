@@ -76,6 +76,46 @@ impl DynamoFuse {
     }
 }
 
+impl DynamoFuse {
+    /// Run an operation that answers with a new or found entry.
+    fn run_entry<Fut>(
+        &self,
+        name: &'static str,
+        ino: u64,
+        reply: ReplyEntry,
+        op: impl FnOnce(Arc<Fs>) -> Fut,
+    ) where
+        Fut: Future<Output = Result<Inode, FsError>> + Send + 'static,
+    {
+        let (ttl, blksize) = (
+            self.fs.config().entry_ttl,
+            self.fs.format_record().block_size as u32,
+        );
+        self.run(name, ino, reply, op, move |r, inode| {
+            r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0))
+        });
+    }
+
+    /// Run an operation that answers with attributes.
+    fn run_attr<Fut>(
+        &self,
+        name: &'static str,
+        ino: u64,
+        reply: ReplyAttr,
+        op: impl FnOnce(Arc<Fs>) -> Fut,
+    ) where
+        Fut: Future<Output = Result<Inode, FsError>> + Send + 'static,
+    {
+        let (ttl, blksize) = (
+            self.fs.config().attr_ttl,
+            self.fs.format_record().block_size as u32,
+        );
+        self.run(name, ino, reply, op, move |r, inode| {
+            r.attr(&ttl, &to_file_attr(&inode, blksize))
+        });
+    }
+}
+
 /// The replies that can carry an errno.
 pub trait ErrorReply {
     /// Reply with `errno`.
@@ -197,31 +237,15 @@ impl Filesystem for DynamoFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
-        let (ttl, blksize) = (
-            self.fs.config().entry_ttl,
-            self.fs.format_record().block_size as u32,
-        );
-        self.run(
-            "lookup",
-            parent.0,
-            reply,
-            move |fs| async move { fs.lookup(parent.0, &name).await },
-            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
-        );
+        self.run_entry("lookup", parent.0, reply, move |fs| async move {
+            fs.lookup(parent.0, &name).await
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (ttl, blksize) = (
-            self.fs.config().attr_ttl,
-            self.fs.format_record().block_size as u32,
-        );
-        self.run(
-            "getattr",
-            ino.0,
-            reply,
-            move |fs| async move { fs.getattr(ino.0).await },
-            move |r, inode| r.attr(&ttl, &to_file_attr(&inode, blksize)),
-        );
+        self.run_attr("getattr", ino.0, reply, move |fs| async move {
+            fs.getattr(ino.0).await
+        });
     }
 
     fn setattr(
@@ -251,17 +275,9 @@ impl Filesystem for DynamoFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        let (ttl, blksize) = (
-            self.fs.config().attr_ttl,
-            self.fs.format_record().block_size as u32,
-        );
-        self.run(
-            "setattr",
-            ino.0,
-            reply,
-            move |fs| async move { fs.setattr(who, ino.0, attr).await },
-            move |r, inode| r.attr(&ttl, &to_file_attr(&inode, blksize)),
-        );
+        self.run_attr("setattr", ino.0, reply, move |fs| async move {
+            fs.setattr(who, ino.0, attr).await
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -284,19 +300,10 @@ impl Filesystem for DynamoFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (who, name, ttl) = (
-            caller(req),
-            name.as_bytes().to_vec(),
-            self.fs.config().entry_ttl,
-        );
-        let blksize = self.fs.format_record().block_size as u32;
-        self.run(
-            "mknod",
-            parent.0,
-            reply,
-            move |fs| async move { fs.mknod(who, parent.0, &name, mode, rdev).await },
-            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
-        );
+        let (who, name) = (caller(req), name.as_bytes().to_vec());
+        self.run_entry("mknod", parent.0, reply, move |fs| async move {
+            fs.mknod(who, parent.0, &name, mode, rdev).await
+        });
     }
 
     fn mkdir(
@@ -308,19 +315,10 @@ impl Filesystem for DynamoFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (who, name, ttl) = (
-            caller(req),
-            name.as_bytes().to_vec(),
-            self.fs.config().entry_ttl,
-        );
-        let blksize = self.fs.format_record().block_size as u32;
-        self.run(
-            "mkdir",
-            parent.0,
-            reply,
-            move |fs| async move { fs.mkdir(who, parent.0, &name, mode).await },
-            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
-        );
+        let (who, name) = (caller(req), name.as_bytes().to_vec());
+        self.run_entry("mkdir", parent.0, reply, move |fs| async move {
+            fs.mkdir(who, parent.0, &name, mode).await
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -353,20 +351,11 @@ impl Filesystem for DynamoFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (who, name, ttl) = (
-            caller(req),
-            link_name.as_bytes().to_vec(),
-            self.fs.config().entry_ttl,
-        );
+        let (who, name) = (caller(req), link_name.as_bytes().to_vec());
         let target = target.as_os_str().as_bytes().to_vec();
-        let blksize = self.fs.format_record().block_size as u32;
-        self.run(
-            "symlink",
-            parent.0,
-            reply,
-            move |fs| async move { fs.symlink(who, parent.0, &name, &target).await },
-            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
-        );
+        self.run_entry("symlink", parent.0, reply, move |fs| async move {
+            fs.symlink(who, parent.0, &name, &target).await
+        });
     }
 
     fn rename(
@@ -409,15 +398,10 @@ impl Filesystem for DynamoFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (name, ttl) = (newname.as_bytes().to_vec(), self.fs.config().entry_ttl);
-        let blksize = self.fs.format_record().block_size as u32;
-        self.run(
-            "link",
-            ino.0,
-            reply,
-            move |fs| async move { fs.link(ino.0, newparent.0, &name).await },
-            move |r, inode| r.entry(&ttl, &to_file_attr(&inode, blksize), Generation(0)),
-        );
+        let name = newname.as_bytes().to_vec();
+        self.run_entry("link", ino.0, reply, move |fs| async move {
+            fs.link(ino.0, newparent.0, &name).await
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -759,12 +743,11 @@ impl Filesystem for DynamoFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (who, name, ttl) = (
-            caller(req),
-            name.as_bytes().to_vec(),
+        let (who, name) = (caller(req), name.as_bytes().to_vec());
+        let (ttl, blksize) = (
             self.fs.config().entry_ttl,
+            self.fs.format_record().block_size as u32,
         );
-        let blksize = self.fs.format_record().block_size as u32;
         self.run(
             "create",
             parent.0,
