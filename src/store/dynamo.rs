@@ -113,6 +113,7 @@ fn build_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// A condition as DynamoDB expression text, names and values.
+#[derive(Clone)]
 struct Expr {
     text: Option<String>,
     names: Option<HashMap<String, String>>,
@@ -142,6 +143,17 @@ fn condition_expr(table: Table, cond: &Condition) -> Expr {
         names: Some(HashMap::from([("#k".to_string(), name)])),
         values: value.map(|v| HashMap::from([(":v".to_string(), v)])),
     }
+}
+
+/// Apply a condition's expression, names and values to any request builder.
+macro_rules! conditioned {
+    ($builder:expr, $expr:expr) => {{
+        let expr: Expr = $expr;
+        $builder
+            .set_condition_expression(expr.text)
+            .set_expression_attribute_names(expr.names)
+            .set_expression_attribute_values(expr.values)
+    }};
 }
 
 fn sort_key_of(table: Table, item: &AttrMap) -> Result<SortKey, StoreError> {
@@ -359,12 +371,7 @@ impl DynamoStore {
                 let expr = condition_expr(key.table, cond);
                 let attrs: AttrMap = key.stored_item(item).into();
                 builder.put(
-                    Put::builder()
-                        .table_name(table)
-                        .set_item(Some(attrs))
-                        .set_condition_expression(expr.text)
-                        .set_expression_attribute_names(expr.names)
-                        .set_expression_attribute_values(expr.values)
+                    conditioned!(Put::builder().table_name(table).set_item(Some(attrs)), expr)
                         .build()
                         .map_err(build_err)?,
                 )
@@ -372,32 +379,28 @@ impl DynamoStore {
             WriteOp::Delete { cond, .. } => {
                 let expr = condition_expr(key.table, cond);
                 builder.delete(
-                    Delete::builder()
-                        .table_name(table)
-                        .set_key(Some(key_attrs(key)))
-                        .set_condition_expression(expr.text)
-                        .set_expression_attribute_names(expr.names)
-                        .set_expression_attribute_values(expr.values)
-                        .build()
-                        .map_err(build_err)?,
+                    conditioned!(
+                        Delete::builder()
+                            .table_name(table)
+                            .set_key(Some(key_attrs(key))),
+                        expr
+                    )
+                    .build()
+                    .map_err(build_err)?,
                 )
             }
             WriteOp::Check { cond, .. } => {
-                let expr = condition_expr(key.table, cond);
+                // A check needs some condition: "no condition" means "the item exists".
+                let cond = if *cond == Condition::None {
+                    &Condition::Present
+                } else {
+                    cond
+                };
+                let check = ConditionCheck::builder()
+                    .table_name(table)
+                    .set_key(Some(key_attrs(key)));
                 builder.condition_check(
-                    ConditionCheck::builder()
-                        .table_name(table)
-                        .set_key(Some(key_attrs(key)))
-                        .set_condition_expression(
-                            expr.text.or_else(|| Some("attribute_exists(#k)".into())),
-                        )
-                        .set_expression_attribute_names(expr.names.or_else(|| {
-                            Some(HashMap::from([(
-                                "#k".to_string(),
-                                key_schema(key.table)[0].0.to_string(),
-                            )]))
-                        }))
-                        .set_expression_attribute_values(expr.values)
+                    conditioned!(check, condition_expr(key.table, cond))
                         .build()
                         .map_err(build_err)?,
                 )
@@ -584,13 +587,12 @@ impl Store for DynamoStore {
                 let expr = condition_expr(key.table, cond);
                 let attrs: AttrMap = key.stored_item(item).into();
                 self.send(|| async {
-                    self.client
+                    let request = self
+                        .client
                         .put_item()
                         .table_name(table)
-                        .set_item(Some(attrs.clone()))
-                        .set_condition_expression(expr.text.clone())
-                        .set_expression_attribute_names(expr.names.clone())
-                        .set_expression_attribute_values(expr.values.clone())
+                        .set_item(Some(attrs.clone()));
+                    conditioned!(request, expr.clone())
                         .send()
                         .await
                         .map_err(classify)
@@ -600,13 +602,12 @@ impl Store for DynamoStore {
             WriteOp::Delete { cond, .. } => {
                 let expr = condition_expr(key.table, cond);
                 self.send(|| async {
-                    self.client
+                    let request = self
+                        .client
                         .delete_item()
                         .table_name(table)
-                        .set_key(Some(key_attrs(key)))
-                        .set_condition_expression(expr.text.clone())
-                        .set_expression_attribute_names(expr.names.clone())
-                        .set_expression_attribute_values(expr.values.clone())
+                        .set_key(Some(key_attrs(key)));
+                    conditioned!(request, expr.clone())
                         .send()
                         .await
                         .map_err(classify)
