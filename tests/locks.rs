@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{dynamo_local, dynamofs_bin, mount_table, unique_table, Mounted};
+use common::{mount_table, unique_table, Mounted};
 
 const HEARTBEAT: &str = "heartbeat=1";
 
@@ -65,18 +65,7 @@ fn open_rw(path: &Path) -> File {
 }
 
 fn status_json(table: &str) -> serde_json::Value {
-    let out = Command::new(dynamofs_bin())
-        .args([
-            "status",
-            &format!("aws:us-east-1/{table}"),
-            "--json",
-            "-o",
-            &format!("endpoint={}", dynamo_local().endpoint()),
-        ])
-        .env("AWS_ACCESS_KEY_ID", "fake")
-        .env("AWS_SECRET_ACCESS_KEY", "fake")
-        .output()
-        .unwrap();
+    let out = common::dynamofs_on_table("status", table, &["--json"]);
     assert!(
         out.status.success(),
         "status: {}",
@@ -295,17 +284,7 @@ fn locks_of_a_killed_client_are_released_after_its_lease() {
     // B's heartbeat also deleted the file the dead client kept open: nothing is left over.
     let started = Instant::now();
     loop {
-        let out = Command::new(dynamofs_bin())
-            .args([
-                "fsck",
-                &format!("aws:us-east-1/{table}"),
-                "-o",
-                &format!("endpoint={}", dynamo_local().endpoint()),
-            ])
-            .env("AWS_ACCESS_KEY_ID", "fake")
-            .env("AWS_SECRET_ACCESS_KEY", "fake")
-            .output()
-            .unwrap();
+        let out = common::dynamofs_on_table("fsck", &table, &[]);
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && report.contains(" 0 pending cleanups, 0 problems") {
             break;

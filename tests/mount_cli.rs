@@ -297,3 +297,40 @@ fn help_explains_the_options() {
         assert!(help.contains(word), "--help does not mention {word}");
     }
 }
+
+#[test]
+fn owner_and_umask_options_shape_what_is_reported() {
+    use std::os::unix::fs::MetadataExt;
+    let m = mount_table(&unique_table("Owner"), "uid=1234,gid=4321,umask=027");
+    fs::write(m.join("f"), b"x").unwrap();
+    fs::create_dir(m.join("d")).unwrap();
+    for name in ["f", "d"] {
+        let meta = fs::metadata(m.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 4321), "{name}");
+        assert_eq!(meta.mode() & 0o027, 0, "{name}: mode {:o}", meta.mode());
+    }
+}
+
+#[test]
+fn the_endpoint_can_come_from_the_aws_environment() {
+    common::require_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(dynamofs_bin())
+        .args([
+            "mount",
+            &format!("aws:us-east-1/{}", unique_table("EnvEndpoint")),
+        ])
+        .arg(dir.path())
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake")
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamo_local().endpoint())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::write(dir.path().join("f"), b"via AWS_ENDPOINT_URL_DYNAMODB").unwrap();
+    assert!(Command::new("umount")
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
+}

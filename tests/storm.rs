@@ -8,11 +8,10 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{dynamo_local, dynamofs_bin, mount_table, unique_table};
+use common::{mount_table, unique_table};
 
 const DIRS: usize = 4;
 const NAMES: usize = 8;
@@ -152,17 +151,7 @@ fn three_clients_storm_and_the_checker_finds_nothing_wrong() {
     for m in &mounts {
         m.unmount();
     }
-    let out = Command::new(dynamofs_bin())
-        .args([
-            "fsck",
-            &format!("aws:us-east-1/{table}"),
-            "-o",
-            &format!("endpoint={}", dynamo_local().endpoint()),
-        ])
-        .env("AWS_ACCESS_KEY_ID", "fake")
-        .env("AWS_SECRET_ACCESS_KEY", "fake")
-        .output()
-        .unwrap();
+    let out = common::dynamofs_on_table("fsck", &table, &[]);
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}");
     assert!(

@@ -10,7 +10,8 @@ use crate::keys::{self, decode_name, inode_key};
 use crate::records::{from_item, Entry, FileKind, Inode};
 use crate::store::{SortKey, Table};
 
-const PAGE: usize = 1000;
+/// Inodes read per batch get while listing (DynamoDB's batch limit).
+const PREFETCH_BATCH: usize = 100;
 
 #[derive(Default)]
 pub(super) struct DirHandle {
@@ -63,35 +64,27 @@ impl Fs {
                 name: b"..".to_vec(),
             },
         ];
-        let partition = keys::entries_partition(ino);
-        let mut after: Option<SortKey> = None;
-        loop {
-            let page = self
-                .store
-                .query(Table::Meta, &partition, after.as_ref(), PAGE)
-                .await?;
-            after = page.items.last().map(|(sk, _)| sk.clone());
-            let mut batch = Vec::with_capacity(page.items.len());
-            for (sk, item) in page.items {
-                let SortKey::S(stored) = sk else { continue };
-                let Some(name) = decode_name(&stored) else {
-                    tracing::warn!(dir = ino, name = %stored, "skipping an entry with an undecodable name");
-                    continue;
-                };
-                let entry: Entry = from_item(item)?;
-                self.cache_entry(ino, &name, Some(entry));
-                batch.push(DirEntry {
-                    ino: entry.ino,
-                    kind: entry.kind,
-                    name,
-                });
-            }
-            self.prefetch_inodes(&batch).await?;
-            listing.extend(batch);
-            if !page.more {
-                return Ok(listing);
-            }
+        for (sk, item) in self
+            .query_all(Table::Meta, &keys::entries_partition(ino), None)
+            .await?
+        {
+            let SortKey::S(stored) = sk else { continue };
+            let Some(name) = decode_name(&stored) else {
+                tracing::warn!(dir = ino, name = %stored, "skipping an entry with an undecodable name");
+                continue;
+            };
+            let entry: Entry = from_item(item)?;
+            self.cache_entry(ino, &name, Some(entry));
+            listing.push(DirEntry {
+                ino: entry.ino,
+                kind: entry.kind,
+                name,
+            });
         }
+        for batch in listing[2..].chunks(PREFETCH_BATCH) {
+            self.prefetch_inodes(batch).await?;
+        }
+        Ok(listing)
     }
 
     async fn prefetch_inodes(&self, entries: &[DirEntry]) -> FsResult<()> {

@@ -26,6 +26,8 @@ const PARALLEL_BLOCKS: usize = 16;
 const CLEAN_BLOCKS: usize = 64;
 /// Blocks fetched ahead of a sequential reader.
 const READAHEAD_BLOCKS: u64 = 16;
+/// Closed files whose (mtime, size) is remembered for keep_cache.
+const LAST_SEEN_LIMIT: usize = 100_000;
 /// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
 const DIRECT_DELETE_BLOCKS: u64 = 1024;
 
@@ -75,6 +77,16 @@ pub(super) struct OpenFiles {
 }
 
 impl OpenFiles {
+    /// Note what a file looked like when this client closed it, for keep_cache.
+    fn remember_closed(&self, inode: &Inode) {
+        let mut seen = self.last_seen.lock().unwrap();
+        // A memo, not a record: forgetting it only costs a page-cache refill.
+        if seen.len() >= LAST_SEEN_LIMIT {
+            seen.clear();
+        }
+        seen.insert(inode.ino, (inode.mtime, inode.size));
+    }
+
     pub(super) fn is_open(&self, ino: u64) -> bool {
         self.open.lock().unwrap().contains_key(&ino)
     }
@@ -457,11 +469,7 @@ impl Fs {
         let flushed = {
             let mut data = handle.data.lock().await;
             let flushed = self.flush_data(&mut data).await;
-            self.files
-                .last_seen
-                .lock()
-                .unwrap()
-                .insert(handle.ino, (data.stored.mtime, data.stored.size));
+            self.files.remember_closed(&data.stored);
             flushed
         };
         let unlinked = {
@@ -545,22 +553,13 @@ impl Fs {
             let mut found = Vec::new();
             for stripe in 0..stripes {
                 let partition = keys::block_partition(ino, stripe);
-                let mut after = first_dead.checked_sub(1).map(SortKey::N);
-                loop {
-                    let page = self
-                        .store
-                        .query(Table::Blocks, &partition, after.as_ref(), 1000)
-                        .await?;
-                    after = page.items.last().map(|(sk, _)| sk.clone());
-                    found.extend(page.items.into_iter().map(|(sk, _)| Key {
-                        table: Table::Blocks,
-                        pk: partition.clone(),
-                        sk,
-                    }));
-                    if !page.more {
-                        break;
-                    }
-                }
+                let after = first_dead.checked_sub(1).map(SortKey::N);
+                let items = self.query_all(Table::Blocks, &partition, after).await?;
+                found.extend(items.into_iter().map(|(sk, _)| Key {
+                    table: Table::Blocks,
+                    pk: partition.clone(),
+                    sk,
+                }));
             }
             found
         };

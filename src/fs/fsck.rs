@@ -72,42 +72,33 @@ impl Fs {
         let mut queue = vec![ROOT_INO];
         while let Some(dir) = queue.pop() {
             progress(&format!("walking the tree: {} entries", report.entries));
-            let partition = keys::entries_partition(dir);
-            let mut after: Option<SortKey> = None;
-            loop {
-                let page = self
-                    .store
-                    .query(Table::Meta, &partition, after.as_ref(), PAGE)
-                    .await?;
-                after = page.items.last().map(|(sk, _)| sk.clone());
-                for (sk, item) in page.items {
-                    report.entries += 1;
-                    let entry: Entry = from_item(item)?;
-                    let name = match &sk {
-                        SortKey::S(s) => s.clone(),
-                        SortKey::N(n) => n.to_string(),
-                    };
-                    *names.entry(entry.ino).or_default() += 1;
-                    match inodes.get(&entry.ino) {
-                        None => report.problems.push(format!(
-                            "entry {name:?} in directory {dir} points at missing inode {}",
-                            entry.ino
-                        )),
-                        Some(inode) if inode.kind != entry.kind => report.problems.push(format!(
-                            "entry {name:?} in directory {dir} says {:?} but inode {} is {:?}",
-                            entry.kind, entry.ino, inode.kind
-                        )),
-                        Some(_) => {}
-                    }
-                    if entry.kind == FileKind::Dir {
-                        *subdirs.entry(dir).or_default() += 1;
-                        if parents.insert(entry.ino, dir).is_none() {
-                            queue.push(entry.ino);
-                        }
-                    }
+            for (sk, item) in self
+                .query_all(Table::Meta, &keys::entries_partition(dir), None)
+                .await?
+            {
+                report.entries += 1;
+                let entry: Entry = from_item(item)?;
+                let name = match &sk {
+                    SortKey::S(s) => s.clone(),
+                    SortKey::N(n) => n.to_string(),
+                };
+                *names.entry(entry.ino).or_default() += 1;
+                match inodes.get(&entry.ino) {
+                    None => report.problems.push(format!(
+                        "entry {name:?} in directory {dir} points at missing inode {}",
+                        entry.ino
+                    )),
+                    Some(inode) if inode.kind != entry.kind => report.problems.push(format!(
+                        "entry {name:?} in directory {dir} says {:?} but inode {} is {:?}",
+                        entry.kind, entry.ino, inode.kind
+                    )),
+                    Some(_) => {}
                 }
-                if !page.more {
-                    break;
+                if entry.kind == FileKind::Dir {
+                    *subdirs.entry(dir).or_default() += 1;
+                    if parents.insert(entry.ino, dir).is_none() {
+                        queue.push(entry.ino);
+                    }
                 }
             }
         }

@@ -153,23 +153,14 @@ impl Fs {
 
     /// Every lock record of the filesystem.
     pub(super) async fn lock_sets(&self) -> FsResult<LockSets> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Table::Meta, LOCK_PARTITION, after.as_ref(), 1000)
-                .await?;
-            after = page.items.last().map(|(sk, _)| sk.clone());
-            for (sk, item) in page.items {
-                if let SortKey::S(ino) = sk {
-                    out.push((ino.parse().unwrap_or(0), from_item(item)?));
-                }
-            }
-            if !page.more {
-                return Ok(out);
+        let items = self.query_all(Table::Meta, LOCK_PARTITION, None).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (sk, item) in items {
+            if let SortKey::S(ino) = sk {
+                out.push((ino.parse().unwrap_or(0), from_item(item)?));
             }
         }
+        Ok(out)
     }
 
     /// Every lock held on the filesystem, by inode, for status reports.

@@ -44,7 +44,7 @@ use crate::records::{
     from_item, to_item, Entry, FileKind, Format, Inode, Timestamp, FORMAT_VERSION,
 };
 use crate::retry::{retry, Policy};
-use crate::store::{Condition, Store, StoreError, WriteOp};
+use crate::store::{Condition, Item, SortKey, Store, StoreError, Table, WriteOp};
 
 /// Longest file name, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -53,6 +53,8 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 256 * 1024;
 /// Default number of partitions the blocks of one file are spread over.
 pub const DEFAULT_STRIPES: u64 = 16;
 const INODE_BATCH: u64 = 1024;
+/// Items asked for per query request.
+const QUERY_PAGE: usize = 1000;
 
 /// How a mount behaves.
 #[derive(Clone, Debug)]
@@ -325,6 +327,7 @@ impl Fs {
 
     fn cache_inode(&self, inode: &Inode) {
         let mut cache = self.inodes.lock().unwrap();
+        prune(&mut cache, self.config.attr_ttl);
         cache.insert(
             inode.ino,
             Cached {
@@ -340,6 +343,7 @@ impl Fs {
 
     fn cache_entry(&self, dir: u64, name: &[u8], entry: Option<Entry>) {
         let mut cache = self.entries.lock().unwrap();
+        prune(&mut cache, self.config.entry_ttl);
         match entry {
             Some(value) => cache.insert(
                 (dir, name.to_vec()),
@@ -413,6 +417,27 @@ impl Fs {
         Ok(entry)
     }
 
+    /// Every item of partition `pk` after `after`, in sort-key order, page by page.
+    async fn query_all(
+        &self,
+        table: Table,
+        pk: &str,
+        mut after: Option<SortKey>,
+    ) -> FsResult<Vec<(SortKey, Item)>> {
+        let mut items = Vec::new();
+        loop {
+            let page = self
+                .store
+                .query(table, pk, after.as_ref(), QUERY_PAGE)
+                .await?;
+            after = page.items.last().map(|(sk, _)| sk.clone());
+            items.extend(page.items);
+            if !page.more {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Run one optimistic attempt until it commits without conflict. The attempt is
     /// told whether it must read fresh records (every attempt after the first).
     async fn optimistic<T, F, Fut>(&self, mut attempt: F) -> FsResult<T>
@@ -436,6 +461,20 @@ impl Fs {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
         fh
+    }
+}
+
+/// Records a cache may hold before expired ones are dropped.
+const CACHE_LIMIT: usize = 200_000;
+
+/// Keep a cache bounded: past [`CACHE_LIMIT`], drop what expired, and everything if
+/// that is not enough.
+fn prune<K, V>(cache: &mut HashMap<K, Cached<V>>, ttl: std::time::Duration) {
+    if cache.len() > CACHE_LIMIT {
+        cache.retain(|_, c| c.at.elapsed() < ttl);
+        if cache.len() > CACHE_LIMIT {
+            cache.clear();
+        }
     }
 }
 

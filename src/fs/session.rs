@@ -176,22 +176,14 @@ impl Fs {
 
     /// Every session record, with the version it was read at.
     async fn session_records(&self) -> FsResult<Vec<(Session, u64)>> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Table::Meta, SESSION_PARTITION, after.as_ref(), 1000)
-                .await?;
-            after = page.items.last().map(|(sk, _)| sk.clone());
-            for (_, item) in page.items {
+        let items = self.query_all(Table::Meta, SESSION_PARTITION, None).await?;
+        items
+            .into_iter()
+            .map(|(_, item)| {
                 let ver = version_of(&item);
-                out.push((from_item(item)?, ver));
-            }
-            if !page.more {
-                return Ok(out);
-            }
-        }
+                Ok((from_item(item)?, ver))
+            })
+            .collect()
     }
 
     /// Every session record, with its liveness.

@@ -418,3 +418,17 @@ pub fn start_fault_proxy(upstream: u16, every: u64) -> FaultProxy {
     });
     proxy
 }
+
+/// Run `dynamofs SUBCOMMAND aws:us-east-1/TABLE ARGS... -o endpoint=<DynamoDB Local>`.
+pub fn dynamofs_on_table(subcommand: &str, table: &str, args: &[&str]) -> std::process::Output {
+    Command::new(dynamofs_bin())
+        .arg(subcommand)
+        .arg(format!("aws:us-east-1/{table}"))
+        .args(args)
+        .arg("-o")
+        .arg(format!("endpoint={}", dynamo_local().endpoint()))
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake")
+        .output()
+        .unwrap()
+}
