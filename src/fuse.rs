@@ -6,8 +6,9 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -25,6 +26,8 @@ pub struct DynamoFuse {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
     notifier: Arc<OnceLock<Notifier>>,
+    /// Operations started and not yet finished, so that unmounting lets them finish.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl DynamoFuse {
@@ -34,6 +37,7 @@ impl DynamoFuse {
             fs,
             rt,
             notifier: Arc::new(OnceLock::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -58,9 +62,13 @@ impl DynamoFuse {
     {
         let span = tracing::debug_span!("fuse", op = name, ino);
         let fut = op(self.fs.clone());
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::SeqCst);
         self.rt.spawn(
             async move {
-                match fut.await {
+                let result = fut.await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                match result {
                     Ok(value) => ok(reply, value),
                     Err(e) => {
                         match &e {
@@ -230,6 +238,14 @@ impl Filesystem for DynamoFuse {
     }
 
     fn destroy(&mut self) {
+        // Operations the kernel sent before the unmount (the last closes, above all)
+        // still change the store: let them finish before the runtime goes away.
+        let started = std::time::Instant::now();
+        while self.in_flight.load(Ordering::SeqCst) > 0
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
             tracing::warn!(error = %e, "cannot remove the session record");
         }

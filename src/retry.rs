@@ -29,10 +29,12 @@ impl Policy {
     };
 
     /// For optimistic read-modify-write loops that lost a race to another writer.
+    /// Patient: a directory many clients create in at once is one hot item, and an
+    /// attempt that gives up turns into EIO.
     pub const CONFLICT: Policy = Policy {
         min_delay: Duration::from_millis(2),
-        max_delay: Duration::from_millis(400),
-        max_retries: 30,
+        max_delay: Duration::from_millis(500),
+        max_retries: 120,
     };
 }
 

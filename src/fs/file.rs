@@ -91,9 +91,15 @@ impl OpenFiles {
         self.open.lock().unwrap().contains_key(&ino)
     }
 
-    pub(super) fn mark_unlinked(&self, ino: u64) {
-        if let Some(state) = self.open.lock().unwrap().get_mut(&ino) {
-            state.unlinked = true;
+    /// Mark an open file as having lost its last name; false if its last handle was
+    /// closed meanwhile (then nobody else will delete it).
+    pub(super) fn mark_unlinked(&self, ino: u64) -> bool {
+        match self.open.lock().unwrap().get_mut(&ino) {
+            Some(state) => {
+                state.unlinked = true;
+                true
+            }
+            None => false,
         }
     }
 

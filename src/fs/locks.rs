@@ -117,7 +117,7 @@ fn signal_mask(status: &str, name: &str) -> u64 {
 /// the thread, so a waiter looks at the process-wide pending signals and at those of
 /// its threads that sit waiting for a FUSE answer. (Two threads of one process both
 /// waiting, only one of them signalled, could see the wrong one interrupted.)
-pub fn signal_pending(pid: u32) -> bool {
+fn signal_pending(pid: u32) -> bool {
     let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 pub use error::{FsError, FsResult};
 pub use file::Opened;
 pub use fsck::CheckReport;
-pub use locks::{signal_pending, LockRange};
+pub use locks::LockRange;
 pub use rename::RenameMode;
-pub use session::{is_alive, SessionStatus};
+pub use session::SessionStatus;
 pub use setattr::{SetAttr, SetTime};
 pub use xattr::XattrMode;
 

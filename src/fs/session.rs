@@ -50,7 +50,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Whether a session record's lease still holds, allowing one heartbeat of grace for
 /// clock differences and a slow renewal.
-pub fn is_alive(session: &Session, now_ms: u64) -> bool {
+fn is_alive(session: &Session, now_ms: u64) -> bool {
     now_ms <= session.expires_ms.saturating_add(session.heartbeat_ms)
 }
 
@@ -243,22 +243,7 @@ impl Fs {
             }
         }
         for (session, _) in &dead {
-            let orphans = self
-                .store
-                .query(
-                    Table::Meta,
-                    &keys::orphan_partition(&session.id),
-                    None,
-                    1000,
-                )
-                .await?;
-            for (sk, _) in orphans.items {
-                if let SortKey::S(ino) = sk {
-                    tracing::info!(session = %session.id, ino = %ino, "deleting a file a dead session kept open");
-                    self.delete_orphan(ino.parse().unwrap_or(0), Some(&session.id))
-                        .await?;
-                }
-            }
+            self.delete_orphans_of(&session.id).await?;
         }
         for (session, ver) in &dead {
             if now
@@ -282,11 +267,27 @@ impl Fs {
         Ok(dead.len())
     }
 
+    /// Delete the unlinked files `session` recorded it kept open.
+    async fn delete_orphans_of(&self, session: &str) -> FsResult<()> {
+        for (sk, _) in self
+            .query_all(Table::Meta, &keys::orphan_partition(session), None)
+            .await?
+        {
+            if let SortKey::S(ino) = sk {
+                tracing::info!(session, ino = %ino, "deleting an unlinked file that is no longer open");
+                self.delete_orphan(ino.parse().unwrap_or(0), Some(session))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// End this mount's session: release its locks and delete its record.
     pub async fn unregister_session(&self) -> FsResult<()> {
         let Some(own) = self.session.get() else {
             return Ok(());
         };
+        self.delete_orphans_of(&own.id).await?;
         for (ino, set) in self.lock_sets().await? {
             if set.locks.iter().any(|l| l.session == own.id) {
                 self.rewrite_locks(ino, |locks| locks.retain(|l| l.session != own.id))

@@ -221,7 +221,10 @@ impl Tx {
             }
         }
         for ino in self.orphans {
-            fs.files.mark_unlinked(ino);
+            // The last handle may have closed between our check and the commit.
+            if !fs.files.mark_unlinked(ino) {
+                Box::pin(fs.delete_orphan(ino, fs.session_id())).await?;
+            }
         }
         for cleanup in self.cleanups {
             fs.finish_cleanup(cleanup).await;
