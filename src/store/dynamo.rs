@@ -156,6 +156,19 @@ macro_rules! conditioned {
     }};
 }
 
+/// The full key of an item as DynamoDB returned it.
+fn key_of(table: Table, item: &AttrMap) -> Result<Key, StoreError> {
+    let pk = match item.get(table.key_names().0) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => return Err(StoreError::fatal("item without its hash key")),
+    };
+    Ok(Key {
+        table,
+        pk,
+        sk: sort_key_of(table, item)?,
+    })
+}
+
 fn sort_key_of(table: Table, item: &AttrMap) -> Result<SortKey, StoreError> {
     let range = key_schema(table)[1].0;
     match item.get(range) {
@@ -516,13 +529,7 @@ impl Store for DynamoStore {
                         Table::Blocks
                     };
                     for attrs in items {
-                        let [(hash, _), _] = key_schema(table);
-                        let pk = match attrs.get(hash) {
-                            Some(AttributeValue::S(s)) => s.clone(),
-                            _ => return Err(StoreError::fatal("item without its hash key")),
-                        };
-                        let sk = sort_key_of(table, &attrs)?;
-                        found.insert(Key { table, pk, sk }, Item::from(attrs));
+                        found.insert(key_of(table, &attrs)?, Item::from(attrs));
                     }
                 }
                 pending = out.unprocessed_keys.unwrap_or_default();
@@ -676,17 +683,7 @@ impl Store for DynamoStore {
             .items
             .unwrap_or_default()
             .into_iter()
-            .map(|attrs| {
-                let pk = match attrs.get(hash) {
-                    Some(AttributeValue::S(s)) => s.clone(),
-                    _ => return Err(StoreError::fatal("item without its hash key")),
-                };
-                Ok(Key {
-                    table,
-                    pk,
-                    sk: sort_key_of(table, &attrs)?,
-                })
-            })
+            .map(|attrs| key_of(table, &attrs))
             .collect::<Result<_, StoreError>>()?;
         Ok((keys, more))
     }
