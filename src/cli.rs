@@ -61,6 +61,32 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the consistency of a filesystem (read-only): entries, inodes, link counts, blocks.
     Fsck(StatusArgs),
+    /// Run the DynamoDB-faithful simulator: a proxy in front of DynamoDB Local that adds
+    /// latency, transaction conflicts and throttling, and counts requests and capacity.
+    Simulate(SimulateArgs),
+}
+
+/// Arguments of `dynamofs simulate`.
+#[derive(Debug, Args, Clone)]
+pub struct SimulateArgs {
+    /// Address of DynamoDB Local (or any DynamoDB endpoint speaking plain HTTP)
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub upstream: std::net::SocketAddr,
+    /// Address to listen on; point mounts at it with -o endpoint=http://ADDRESS
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub listen: std::net::SocketAddr,
+    /// Milliseconds added to every request
+    #[arg(long, default_value_t = 5.0)]
+    pub latency_ms: f64,
+    /// Never cancel overlapping transactions
+    #[arg(long)]
+    pub no_conflicts: bool,
+    /// Never throttle a partition
+    #[arg(long)]
+    pub no_throttling: bool,
+    /// Print the counts this often, in seconds, when they changed
+    #[arg(long, default_value_t = 10)]
+    pub report_every: u64,
 }
 
 /// Arguments of `dynamofs status` and `dynamofs fsck`.

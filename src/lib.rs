@@ -5,7 +5,8 @@
 //! - [`fs`]: POSIX rules, caches and open-file state, free of fuser types;
 //! - [`store`]: the narrow [`store::Store`] trait with a DynamoDB and an embedded backend;
 //! - [`keys`] and [`records`]: the key layout and the records stored under it;
-//! - [`retry`]: the one retry helper every conflict, throttle and transient error goes through.
+//! - [`retry`]: the one retry helper every conflict, throttle and transient error goes through;
+//! - [`simulator`]: a DynamoDB-faithful proxy (latency, conflicts, throttling, counts) for tests and benchmarks.
 
 pub mod cli;
 pub mod fs;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod mount;
 pub mod records;
 pub mod retry;
+pub mod simulator;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -61,5 +61,6 @@ fn main() {
         Command::Mount(mount) => std::process::exit(dynamofs::mount::run(mount)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
         Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),
+        Command::Simulate(args) => std::process::exit(dynamofs::simulator::run(args)),
     }
 }

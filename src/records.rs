@@ -160,6 +160,15 @@ pub struct Inode {
     pub ver: u64,
 }
 
+impl Inode {
+    /// A directory gained or lost names at `now` (and `nlink_delta` subdirectories).
+    pub fn touch(&mut self, now: Timestamp, nlink_delta: i64) {
+        self.mtime = now;
+        self.ctime = now;
+        self.nlink = (self.nlink as i64 + nlink_delta).max(0) as u32;
+    }
+}
+
 /// A directory entry: a name in a directory pointing at an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

@@ -4,10 +4,10 @@
 mod common;
 
 use std::fs;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{dynamo_local, mount_table, start_dynamo_local, start_fault_proxy, unique_table};
+use common::{dynamo_local, mount_table, start_dynamo_local, unique_table};
+use dynamofs::simulator::{SimConfig, Simulator};
 
 fn content(i: usize) -> Vec<u8> {
     (0..i * 37_000 + 11).map(|b| (b * 131 + i) as u8).collect()
@@ -15,7 +15,14 @@ fn content(i: usize) -> Vec<u8> {
 
 #[test]
 fn throttling_and_server_errors_are_retried_invisibly() {
-    let proxy = start_fault_proxy(dynamo_local().port, 3);
+    let faults = SimConfig {
+        latency: Duration::ZERO,
+        conflicts: false,
+        throttling: false,
+        fault_every: 3,
+        ..SimConfig::default()
+    };
+    let proxy = Simulator::start(dynamo_local().addr(), faults).unwrap();
     let table = unique_table("Faulty");
     let m = mount_table(&table, &format!("endpoint={}", proxy.endpoint()));
     fs::create_dir(m.join("dir")).unwrap();
@@ -33,10 +40,11 @@ fn throttling_and_server_errors_are_retried_invisibly() {
         );
     }
     assert_eq!(fs::read(m.join("link")).unwrap(), content(3));
-    let injected = proxy.injected.load(Ordering::SeqCst);
+    let counts = proxy.counts();
+    let injected = counts.faults();
     println!(
-        "faults: {injected} throttles and 500s injected, {} requests passed on",
-        proxy.forwarded.load(Ordering::SeqCst)
+        "faults: {injected} throttles and 500s injected, {} requests in all",
+        counts.requests()
     );
     assert!(injected >= 30, "only {injected} faults injected");
     m.unmount();

@@ -392,7 +392,57 @@ async fn scans(store: &dyn Store) {
     assert_eq!(seen, expected, "every key once");
 }
 
+/// Atomic updates set and add in place, keep the other attributes, honour their
+/// condition, and work inside transactions; `NumberIs` tests any numeric attribute.
+async fn updates(store: &dyn Store) {
+    let key = Key::meta("u:1", "dir");
+    let update = |cond: Condition, delta: i64| WriteOp::Update {
+        key: key.clone(),
+        set: item(&[("data", Value::S(format!("set {delta}")))]),
+        add: vec![(VERSION_ATTR.to_string(), 1), ("links".to_string(), delta)],
+        cond,
+    };
+    assert_eq!(
+        store.write(update(Condition::Present, 1)).await,
+        Err(StoreError::Conflict),
+        "an update conditioned on existence needs the item"
+    );
+    store
+        .write(put(
+            &key,
+            item(&[("keep", Value::S("me".into()))]),
+            Condition::Absent,
+        ))
+        .await
+        .unwrap();
+    store.write(update(Condition::Present, 3)).await.unwrap();
+    store
+        .transact(vec![
+            update(Condition::VersionIs(1), -1),
+            put(
+                &Key::meta("u:1", "other"),
+                Item::default(),
+                Condition::Absent,
+            ),
+        ])
+        .await
+        .unwrap();
+    let now = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(now.get("keep"), Some(&Value::S("me".into())));
+    assert_eq!(now.get("links"), Some(&Value::N("2".into())));
+    assert_eq!(now.get(VERSION_ATTR), Some(&Value::N("2".into())));
+    assert_eq!(data_of(&now), "set -1");
+    let delete = |links: u64| WriteOp::Delete {
+        key: key.clone(),
+        cond: Condition::NumberIs("links", links),
+    };
+    assert_eq!(store.write(delete(3)).await, Err(StoreError::Conflict));
+    store.write(delete(2)).await.unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), None);
+}
+
 async fn suite(store: Arc<dyn Store>) {
+    updates(store.as_ref()).await;
     scans(store.as_ref()).await;
     conditions(store.as_ref()).await;
     transactions(store.as_ref()).await;

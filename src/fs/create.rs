@@ -72,10 +72,7 @@ impl Fs {
                         Condition::Absent,
                     );
                     tx.create(inode.clone());
-                    let dir = tx.touch_dir(&dir);
-                    if is_dir {
-                        dir.nlink += 1;
-                    }
+                    tx.touch_dir(parent, if is_dir { 1 } else { 0 });
                     match tx.commit(self).await {
                         Err(e)
                             if e.is_conflict()
@@ -88,6 +85,10 @@ impl Fs {
                 }
             })
             .await?;
+        if inode.kind == FileKind::Dir {
+            // Just made, by us: known empty, so lookups in it need no request.
+            self.cache.put_listing(ino, [], Some(inode.ver));
+        }
         Ok(inode)
     }
 
@@ -212,7 +213,7 @@ impl Fs {
                 if inode.nlink == 0 {
                     return Err(FsError::NotFound);
                 }
-                let dir = self.load_dir(newparent, fresh).await?;
+                self.load_dir(newparent, fresh).await?;
                 let mut tx = Tx::new();
                 tx.put_entry(
                     newparent,
@@ -227,7 +228,7 @@ impl Fs {
                 let linked = tx.update(&inode);
                 linked.nlink += 1;
                 linked.ctime = now;
-                tx.touch_dir(&dir);
+                tx.touch_dir(newparent, 0);
                 match tx.commit(self).await {
                     Err(e)
                         if e.is_conflict()

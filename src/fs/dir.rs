@@ -64,6 +64,17 @@ impl Fs {
                 name: b"..".to_vec(),
             },
         ];
+        listing.extend(self.list_entries(ino, Some(dir.ver)).await?);
+        for batch in listing[2..].chunks(PREFETCH_BATCH) {
+            self.prefetch_inodes(batch).await?;
+        }
+        Ok(listing)
+    }
+
+    /// Every entry of directory `ino`, read from the store and remembered as its
+    /// complete listing (`ver`: the directory's version, if read just before).
+    pub(super) async fn list_entries(&self, ino: u64, ver: Option<u64>) -> FsResult<Vec<DirEntry>> {
+        let mut listing = Vec::new();
         for (sk, item) in self
             .query_all(Table::Meta, &keys::entries_partition(ino), None)
             .await?
@@ -74,16 +85,25 @@ impl Fs {
                 continue;
             };
             let entry: Entry = from_item(item)?;
-            self.cache_entry(ino, &name, Some(entry));
             listing.push(DirEntry {
                 ino: entry.ino,
                 kind: entry.kind,
                 name,
             });
         }
-        for batch in listing[2..].chunks(PREFETCH_BATCH) {
-            self.prefetch_inodes(batch).await?;
-        }
+        self.cache.put_listing(
+            ino,
+            listing.iter().map(|e| {
+                (
+                    e.name.clone(),
+                    Entry {
+                        ino: e.ino,
+                        kind: e.kind,
+                    },
+                )
+            }),
+            ver,
+        );
         Ok(listing)
     }
 

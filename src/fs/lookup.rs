@@ -29,7 +29,7 @@ impl Fs {
                             .load_entry(parent, name, true)
                             .await?
                             .ok_or(FsError::NotFound)?;
-                        self.load_entry_target(&entry).await
+                        self.load_entry_target(&entry, true).await
                     })
                     .await?;
                 Ok(self.present(inode))

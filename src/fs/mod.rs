@@ -11,6 +11,7 @@
 //! inode fresh (close-to-open consistency); file data of open files is buffered per
 //! inode and written back on flush, fsync and close.
 
+mod cache;
 mod create;
 mod dir;
 pub mod error;
@@ -28,7 +29,9 @@ mod xattr;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use cache::Known;
 
 pub use error::{FsError, FsResult};
 pub use file::Opened;
@@ -55,6 +58,8 @@ pub const DEFAULT_STRIPES: u64 = 16;
 const INODE_BATCH: u64 = 1024;
 /// Items asked for per query request.
 const QUERY_PAGE: usize = 1000;
+/// Directories with at most this many entries are listed again rather than asked one name.
+const RELIST_LIMIT: usize = 256;
 
 /// How a mount behaves.
 #[derive(Clone, Debug)]
@@ -132,22 +137,13 @@ pub struct FsStats {
     pub free_files: u64,
 }
 
-/// (directory inode, name bytes).
-type EntryKey = (u64, Vec<u8>);
-
-struct Cached<T> {
-    value: T,
-    at: Instant,
-}
-
 /// A dynamofs filesystem over one store.
 pub struct Fs {
     store: Arc<dyn Store>,
     format: Format,
     config: FsConfig,
     next_inodes: tokio::sync::Mutex<(u64, u64)>,
-    inodes: Mutex<HashMap<u64, Cached<Inode>>>,
-    entries: Mutex<HashMap<EntryKey, Cached<Entry>>>,
+    cache: cache::MetaCache,
     files: file::OpenFiles,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -192,13 +188,13 @@ impl Fs {
             ))
             .into());
         }
+        let cache = cache::MetaCache::new(config.attr_ttl, config.entry_ttl);
         Ok(Fs {
             store,
             format,
             config,
+            cache,
             next_inodes: tokio::sync::Mutex::new((0, 0)),
-            inodes: Mutex::new(HashMap::new()),
-            entries: Mutex::new(HashMap::new()),
             files: file::OpenFiles::default(),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -326,44 +322,22 @@ impl Fs {
     }
 
     fn cache_inode(&self, inode: &Inode) {
-        let mut cache = self.inodes.lock().unwrap();
-        prune(&mut cache, self.config.attr_ttl);
-        cache.insert(
-            inode.ino,
-            Cached {
-                value: inode.clone(),
-                at: Instant::now(),
-            },
-        );
+        self.cache.put_inode(inode);
     }
 
     fn forget_inode(&self, ino: u64) {
-        self.inodes.lock().unwrap().remove(&ino);
+        self.cache.forget_inode(ino);
     }
 
     fn cache_entry(&self, dir: u64, name: &[u8], entry: Option<Entry>) {
-        let mut cache = self.entries.lock().unwrap();
-        prune(&mut cache, self.config.entry_ttl);
-        match entry {
-            Some(value) => cache.insert(
-                (dir, name.to_vec()),
-                Cached {
-                    value,
-                    at: Instant::now(),
-                },
-            ),
-            None => cache.remove(&(dir, name.to_vec())),
-        };
+        self.cache.put_entry(dir, name, entry);
     }
 
     /// Read an inode; `fresh` bypasses the cache.
     async fn load_inode(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
         if !fresh {
-            let cache = self.inodes.lock().unwrap();
-            if let Some(c) = cache.get(&ino) {
-                if c.at.elapsed() < self.config.attr_ttl {
-                    return Ok(c.value.clone());
-                }
+            if let Some(inode) = self.cache.inode(ino) {
+                return Ok(inode);
             }
         }
         match self.store.get(&keys::inode_key(ino)).await? {
@@ -381,10 +355,11 @@ impl Fs {
         }
     }
 
-    /// Read the inode an entry just read points at. If it is gone, another client
-    /// removed or replaced the entry meanwhile: a conflict, so the attempt starts over.
-    async fn load_entry_target(&self, entry: &Entry) -> FsResult<Inode> {
-        match self.load_inode(entry.ino, true).await {
+    /// Read the inode an entry points at (from the cache unless `fresh`). If it is gone,
+    /// another client removed or replaced the entry meanwhile: a conflict, so the attempt
+    /// starts over.
+    async fn load_entry_target(&self, entry: &Entry, fresh: bool) -> FsResult<Inode> {
+        match self.load_inode(entry.ino, fresh).await {
             Err(FsError::Stale) => Err(StoreError::Conflict.into()),
             other => other,
         }
@@ -399,14 +374,27 @@ impl Fs {
         Ok(inode)
     }
 
-    /// Read the entry `name` of directory `dir`; `fresh` bypasses the cache.
+    /// Read the entry `name` of directory `dir`; `fresh` bypasses the cache. A name
+    /// missing from a fresh complete listing is absent without a request; a small
+    /// directory whose listing expired is listed again (one query, like one get) so that
+    /// the lookups that follow are answered from memory.
     async fn load_entry(&self, dir: u64, name: &[u8], fresh: bool) -> FsResult<Option<Entry>> {
         if !fresh {
-            let cache = self.entries.lock().unwrap();
-            if let Some(c) = cache.get(&(dir, name.to_vec())) {
-                if c.at.elapsed() < self.config.entry_ttl {
-                    return Ok(Some(c.value));
-                }
+            match self.cache.entry(dir, name) {
+                Known::Present(entry) => return Ok(Some(entry)),
+                Known::Absent => return Ok(None),
+                Known::Unknown => {}
+            }
+            if self
+                .cache
+                .listing_len(dir)
+                .is_some_and(|n| n <= RELIST_LIMIT)
+            {
+                let listing = self.list_entries(dir, None).await?;
+                return Ok(listing.into_iter().find(|e| e.name == name).map(|e| Entry {
+                    ino: e.ino,
+                    kind: e.kind,
+                }));
             }
         }
         let entry = match self.store.get(&keys::entry_key(dir, name)).await? {
@@ -461,20 +449,6 @@ impl Fs {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
         fh
-    }
-}
-
-/// Records a cache may hold before expired ones are dropped.
-const CACHE_LIMIT: usize = 200_000;
-
-/// Keep a cache bounded: past [`CACHE_LIMIT`], drop what expired, and everything if
-/// that is not enough.
-fn prune<K, V>(cache: &mut HashMap<K, Cached<V>>, ttl: std::time::Duration) {
-    if cache.len() > CACHE_LIMIT {
-        cache.retain(|_, c| c.at.elapsed() < ttl);
-        if cache.len() > CACHE_LIMIT {
-            cache.clear();
-        }
     }
 }
 

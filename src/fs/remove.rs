@@ -35,9 +35,11 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         check_name(name)?;
+        // The first attempt may trust the cache: the entry must still point at the
+        // inode, and the inode still be at the version we know, or the commit fails.
         self.optimistic(|fresh| async move {
             let entry = self
-                .load_entry(parent, name, true)
+                .load_entry(parent, name, fresh)
                 .await?
                 .ok_or(FsError::NotFound)?;
             let is_dir = entry.kind == FileKind::Dir;
@@ -46,19 +48,23 @@ impl Fs {
                 (false, true) => return Err(FsError::IsDir),
                 _ => {}
             }
-            let dir = self.load_dir(parent, fresh).await?;
-            let inode = self.load_entry_target(&entry).await?;
-            if is_dir && !self.dir_is_empty(entry.ino).await? {
-                return Err(FsError::NotEmpty);
+            self.load_dir(parent, fresh).await?;
+            let inode = self.load_entry_target(&entry, fresh).await?;
+            if is_dir {
+                let known_empty = !fresh && self.cache.empty_at(entry.ino) == Some(inode.ver);
+                if !known_empty && !self.dir_is_empty(entry.ino).await? {
+                    return Err(FsError::NotEmpty);
+                }
             }
             let mut tx = Tx::new();
-            tx.delete_entry(parent, name);
+            tx.delete_entry(parent, name, entry.ino);
             tx.drop_link(self, &inode);
-            let dir = tx.touch_dir(&dir);
+            tx.touch_dir(parent, if is_dir { -1 } else { 0 });
+            tx.commit(self).await?;
             if is_dir {
-                dir.nlink -= 1;
+                self.cache.forget_listing(entry.ino);
             }
-            tx.commit(self).await.map(|_| ())
+            Ok(())
         })
         .await
     }

@@ -4,7 +4,7 @@
 //! the moved inode(s) (a directory's parent pointer), a replaced target, and the
 //! times and link counts of the one or two parent directories.
 
-use super::tx::Tx;
+use super::tx::{points_at, Tx};
 use super::{check_name, Fs, FsError, FsResult};
 use crate::keys::ROOT_INO;
 use crate::records::{Entry, FileKind};
@@ -48,11 +48,13 @@ impl Fs {
         check_name(name)?;
         check_name(newname)?;
         self.optimistic(|fresh| async move {
+            // The first attempt may trust the cache: every entry written is conditioned
+            // on what it pointed at, and every inode on its version.
             let src = self
-                .load_entry(parent, name, true)
+                .load_entry(parent, name, fresh)
                 .await?
                 .ok_or(FsError::NotFound)?;
-            let dst = self.load_entry(newparent, newname, true).await?;
+            let dst = self.load_entry(newparent, newname, fresh).await?;
             if dst.map(|d| d.ino) == Some(src.ino) {
                 return Ok(());
             }
@@ -79,15 +81,13 @@ impl Fs {
                     });
                 }
             }
-            let old_dir = self.load_dir(parent, fresh).await?;
-            let new_dir = if newparent == parent {
-                old_dir.clone()
-            } else {
-                self.load_dir(newparent, fresh).await?
-            };
-            let src_inode = self.load_entry_target(&src).await?;
+            self.load_dir(parent, fresh).await?;
+            if newparent != parent {
+                self.load_dir(newparent, fresh).await?;
+            }
+            let src_inode = self.load_entry_target(&src, fresh).await?;
             let dst_inode = match dst {
-                Some(d) => Some(self.load_entry_target(&d).await?),
+                Some(d) => Some(self.load_entry_target(&d, fresh).await?),
                 None => None,
             };
             if mode != RenameMode::Exchange {
@@ -110,8 +110,6 @@ impl Fs {
             if src_is_dir {
                 moved.parent = newparent;
             }
-            tx.touch_dir(&old_dir);
-            tx.touch_dir(&new_dir);
             // Net change of each parent's link count: subdirectories moved in or out.
             let mut links: [(u64, i64); 2] = [(parent, 0), (newparent, 0)];
             if src_is_dir {
@@ -127,9 +125,9 @@ impl Fs {
                             ino: other.ino,
                             kind: other.kind,
                         },
-                        Condition::Present,
+                        points_at(src.ino),
                     );
-                    tx.put_entry(newparent, newname, src, Condition::Present);
+                    tx.put_entry(newparent, newname, src, points_at(other.ino));
                     let swapped = tx.update(&other);
                     swapped.ctime = now;
                     if dst_is_dir {
@@ -139,22 +137,20 @@ impl Fs {
                     }
                 }
                 (_, Some(replaced)) => {
-                    tx.delete_entry(parent, name);
-                    tx.put_entry(newparent, newname, src, Condition::Present);
+                    tx.delete_entry(parent, name, src.ino);
+                    tx.put_entry(newparent, newname, src, points_at(replaced.ino));
                     tx.drop_link(self, &replaced);
                     if dst_is_dir {
                         links[1].1 -= 1;
                     }
                 }
                 (_, None) => {
-                    tx.delete_entry(parent, name);
+                    tx.delete_entry(parent, name, src.ino);
                     tx.put_entry(newparent, newname, src, Condition::Absent);
                 }
             }
             for (dir, delta) in links {
-                let inode = if dir == parent { &old_dir } else { &new_dir };
-                let dir_inode = tx.update(inode);
-                dir_inode.nlink = (dir_inode.nlink as i64 + delta) as u32;
+                tx.touch_dir(dir, delta);
             }
             tx.commit(self).await.map(|_| ())
         })

@@ -1,12 +1,23 @@
 //! One optimistic transaction: the inode and entry changes of a metadata operation,
 //! each conditioned on the version it was read at, committed all at once.
+//!
+//! Parent directories are the exception: many clients add and remove names in one
+//! directory at once, so a directory whose entries change is updated with an atomic
+//! expression (set the times, add to the link count and the version) conditioned only
+//! on its existence. No version read, no version conflict between two creates; the
+//! version still moves, so rmdir and other versioned writes of the directory notice.
 
 use std::collections::BTreeMap;
 
 use super::{Fs, FsResult};
 use crate::keys;
 use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
-use crate::store::{Condition, Item, Key, WriteOp};
+use crate::store::{Condition, Item, Key, Value, WriteOp, VERSION_ATTR};
+
+/// The condition that an entry still points at inode `ino`.
+pub(super) fn points_at(ino: u64) -> Condition {
+    Condition::NumberIs("ino", ino)
+}
 
 enum InodeChange {
     Create(Inode),
@@ -18,6 +29,8 @@ enum InodeChange {
 pub(super) struct Tx {
     inodes: BTreeMap<u64, InodeChange>,
     entries: Vec<(u64, Vec<u8>, Option<Entry>, Condition)>,
+    /// Directories whose entries change, with the change of their link count.
+    touched: BTreeMap<u64, i64>,
     cleanups: Vec<Cleanup>,
     orphans: Vec<u64>,
     orphan_records: Vec<(Key, bool)>,
@@ -29,6 +42,7 @@ impl Tx {
         Tx {
             inodes: BTreeMap::new(),
             entries: Vec::new(),
+            touched: BTreeMap::new(),
             cleanups: Vec::new(),
             orphans: Vec::new(),
             orphan_records: Vec::new(),
@@ -43,6 +57,17 @@ impl Tx {
 
     /// Change `inode` (as read); repeated calls for one inode change the same copy.
     pub(super) fn update(&mut self, inode: &Inode) -> &mut Inode {
+        if let Some(delta) = self.touched.remove(&inode.ino) {
+            // Versioned anyway: fold the directory's touch into the update.
+            let now = self.now;
+            let dir = self.versioned(inode);
+            dir.touch(now, delta);
+            return dir;
+        }
+        self.versioned(inode)
+    }
+
+    fn versioned(&mut self, inode: &Inode) -> &mut Inode {
         let change = self
             .inodes
             .entry(inode.ino)
@@ -58,13 +83,16 @@ impl Tx {
         }
     }
 
-    /// Bump the change and modification times of a directory whose entries change.
-    pub(super) fn touch_dir(&mut self, dir: &Inode) -> &mut Inode {
+    /// Directory `dir` gains or loses names (and `nlink_delta` subdirectories): bump its
+    /// times and version atomically, without reading it.
+    pub(super) fn touch_dir(&mut self, dir: u64, nlink_delta: i64) {
         let now = self.now;
-        let dir = self.update(dir);
-        dir.mtime = now;
-        dir.ctime = now;
-        dir
+        match self.inodes.get_mut(&dir) {
+            Some(InodeChange::Update { inode, .. } | InodeChange::Create(inode)) => {
+                inode.touch(now, nlink_delta)
+            }
+            _ => *self.touched.entry(dir).or_default() += nlink_delta,
+        }
     }
 
     /// Create a new inode (the transaction fails if its number is taken).
@@ -77,10 +105,10 @@ impl Tx {
         self.entries.push((dir, name.to_vec(), Some(entry), cond));
     }
 
-    /// Remove `dir/name`, which must exist.
-    pub(super) fn delete_entry(&mut self, dir: u64, name: &[u8]) {
+    /// Remove `dir/name`, which must still point at inode `ino`.
+    pub(super) fn delete_entry(&mut self, dir: u64, name: &[u8], ino: u64) {
         self.entries
-            .push((dir, name.to_vec(), None, Condition::Present));
+            .push((dir, name.to_vec(), None, points_at(ino)));
     }
 
     /// One name of `inode` goes away: drop its link count, and when no name is left
@@ -167,6 +195,23 @@ impl Tx {
                 },
             });
         }
+        for (dir, nlink_delta) in &self.touched {
+            let mut set = Item::default();
+            let now: Value =
+                serde_dynamo::to_attribute_value(self.now).expect("timestamps serialize");
+            set.insert("mtime".into(), now.clone());
+            set.insert("ctime".into(), now);
+            let mut add = vec![(VERSION_ATTR.to_string(), 1)];
+            if *nlink_delta != 0 {
+                add.push(("nlink".to_string(), *nlink_delta));
+            }
+            ops.push(WriteOp::Update {
+                key: keys::inode_key(*dir),
+                set,
+                add,
+                cond: Condition::Present,
+            });
+        }
         for (key, keep) in &self.orphan_records {
             ops.push(match keep {
                 true => WriteOp::Put {
@@ -201,6 +246,9 @@ impl Tx {
         }
         for (dir, name, entry, _) in &self.entries {
             fs.cache_entry(*dir, name, *entry);
+        }
+        for (dir, nlink_delta) in &self.touched {
+            fs.cache.touch_dir(*dir, self.now, *nlink_delta);
         }
         let mut written = BTreeMap::new();
         for (ino, change) in self.inodes {

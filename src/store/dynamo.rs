@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
     KeyType, KeysAndAttributes, Put, ReturnValue, ScalarAttributeType, TableStatus,
-    TransactWriteItem,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -75,9 +75,10 @@ fn classify<
     }
     match &err {
         SdkError::ServiceError(service) => match service.err().code().unwrap_or_default() {
-            "ConditionalCheckFailedException" | "TransactionConflictException" => {
-                StoreError::Conflict
-            }
+            "ConditionalCheckFailedException" => StoreError::Conflict,
+            // A single write met an ongoing transaction on its item: sending the same
+            // write again once that transaction is done is right, conditional or not.
+            "TransactionConflictException" => StoreError::transient(text),
             "ProvisionedThroughputExceededException"
             | "ThrottlingException"
             | "RequestLimitExceeded"
@@ -137,12 +138,53 @@ fn condition_expr(table: Table, cond: &Condition) -> Expr {
             VERSION_ATTR.to_string(),
             Some(AttributeValue::N(v.to_string())),
         ),
+        Condition::NumberIs(attr, v) => (
+            "#k = :v",
+            attr.to_string(),
+            Some(AttributeValue::N(v.to_string())),
+        ),
     };
     Expr {
         text: Some(text.to_string()),
         names: Some(HashMap::from([("#k".to_string(), name)])),
         values: value.map(|v| HashMap::from([(":v".to_string(), v)])),
     }
+}
+
+/// The update expression of [`WriteOp::Update`], merged with its condition's names and values.
+fn update_expr(
+    table: Table,
+    set: &Item,
+    add: &[(String, i64)],
+    cond: &Condition,
+) -> (String, Expr) {
+    let mut expr = condition_expr(table, cond);
+    let names = expr.names.get_or_insert_with(HashMap::new);
+    let values = expr.values.get_or_insert_with(HashMap::new);
+    let set: AttrMap = set.clone().into();
+    let mut sets = Vec::new();
+    for (i, (attr, value)) in set.into_iter().enumerate() {
+        names.insert(format!("#s{i}"), attr);
+        values.insert(format!(":s{i}"), value);
+        sets.push(format!("#s{i} = :s{i}"));
+    }
+    let mut adds = Vec::new();
+    for (i, (attr, delta)) in add.iter().enumerate() {
+        names.insert(format!("#a{i}"), attr.clone());
+        values.insert(format!(":a{i}"), AttributeValue::N(delta.to_string()));
+        adds.push(format!("#a{i} :a{i}"));
+    }
+    let mut text = Vec::new();
+    if !sets.is_empty() {
+        text.push(format!("SET {}", sets.join(", ")));
+    }
+    if !adds.is_empty() {
+        text.push(format!("ADD {}", adds.join(", ")));
+    }
+    if expr.values.as_ref().is_some_and(HashMap::is_empty) {
+        expr.values = None;
+    }
+    (text.join(" "), expr)
 }
 
 /// Apply a condition's expression, names and values to any request builder.
@@ -389,6 +431,14 @@ impl DynamoStore {
                         .map_err(build_err)?,
                 )
             }
+            WriteOp::Update { set, add, cond, .. } => {
+                let (update, expr) = update_expr(key.table, set, add, cond);
+                let request = Update::builder()
+                    .table_name(table)
+                    .set_key(Some(key_attrs(key)))
+                    .update_expression(update);
+                builder.update(conditioned!(request, expr).build().map_err(build_err)?)
+            }
             WriteOp::Delete { cond, .. } => {
                 let expr = condition_expr(key.table, cond);
                 builder.delete(
@@ -599,6 +649,22 @@ impl Store for DynamoStore {
                         .put_item()
                         .table_name(table)
                         .set_item(Some(attrs.clone()));
+                    conditioned!(request, expr.clone())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+            }
+            WriteOp::Update { set, add, cond, .. } => {
+                let (update, expr) = update_expr(key.table, set, add, cond);
+                self.send(|| async {
+                    let request = self
+                        .client
+                        .update_item()
+                        .table_name(table)
+                        .set_key(Some(key_attrs(key)))
+                        .update_expression(&update);
                     conditioned!(request, expr.clone())
                         .send()
                         .await

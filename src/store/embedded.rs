@@ -81,8 +81,8 @@ fn read_item(txn: &WriteTransaction, key: &Key) -> Result<Option<Item>, StoreErr
     found.map(|v| decode_item(v.value())).transpose()
 }
 
-fn version_of(item: &Item) -> Option<u64> {
-    match item.get(VERSION_ATTR) {
+fn number_of(item: &Item, attr: &str) -> Option<u64> {
+    match item.get(attr) {
         Some(Value::N(n)) => n.parse().ok(),
         _ => None,
     }
@@ -93,15 +93,19 @@ fn holds(cond: &Condition, current: Option<&Item>) -> bool {
         Condition::None => true,
         Condition::Absent => current.is_none(),
         Condition::Present => current.is_some(),
-        Condition::VersionIs(v) => current.and_then(version_of) == Some(*v),
+        Condition::VersionIs(v) => current.and_then(|i| number_of(i, VERSION_ATTR)) == Some(*v),
+        Condition::NumberIs(attr, v) => current.and_then(|i| number_of(i, attr)) == Some(*v),
     }
 }
 
 fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StoreError> {
     let key = op.key();
-    let (WriteOp::Put { cond, .. } | WriteOp::Delete { cond, .. } | WriteOp::Check { cond, .. }) =
-        op;
-    if !holds(cond, read_item(txn, key)?.as_ref()) {
+    let (WriteOp::Put { cond, .. }
+    | WriteOp::Update { cond, .. }
+    | WriteOp::Delete { cond, .. }
+    | WriteOp::Check { cond, .. }) = op;
+    let current = read_item(txn, key)?;
+    if !holds(cond, current.as_ref()) {
         return Err(StoreError::Conflict);
     }
     let mut table = txn.open_table(ITEMS).map_err(backend)?;
@@ -110,6 +114,19 @@ fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StoreError> {
     match op {
         WriteOp::Put { item, .. } => {
             let raw = serde_json::to_vec(&key.stored_item(item)).map_err(backend)?;
+            table.insert(k, raw.as_slice()).map_err(backend)?;
+        }
+        WriteOp::Update { set, add, .. } => {
+            let mut item = current.unwrap_or_default();
+            item.extend(set.clone().into_inner());
+            for (attr, delta) in add {
+                let now = match item.get(attr) {
+                    Some(Value::N(n)) => n.parse::<i64>().map_err(backend)?,
+                    _ => 0,
+                };
+                item.insert(attr.clone(), Value::N((now + delta).to_string()));
+            }
+            let raw = serde_json::to_vec(&key.stored_item(&item)).map_err(backend)?;
             table.insert(k, raw.as_slice()).map_err(backend)?;
         }
         WriteOp::Delete { .. } => {
@@ -239,21 +256,17 @@ impl Store for EmbeddedStore {
 
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
-        let mut item = read_item(&txn, key)?.unwrap_or_default();
-        let current = match item.get(attr) {
-            Some(Value::N(n)) => n.parse::<u64>().map_err(backend)?,
-            _ => 0,
+        let update = WriteOp::Update {
+            key: key.clone(),
+            set: Item::default(),
+            add: vec![(attr.to_string(), delta as i64)],
+            cond: Condition::None,
         };
-        let next = current + delta;
-        item.insert(attr.to_string(), Value::N(next.to_string()));
-        apply(
-            &txn,
-            &WriteOp::Put {
-                key: key.clone(),
-                item,
-                cond: Condition::None,
-            },
-        )?;
+        apply(&txn, &update)?;
+        let next = match read_item(&txn, key)?.as_ref().and_then(|i| i.get(attr)) {
+            Some(Value::N(n)) => n.parse::<u64>().map_err(backend)?,
+            _ => return Err(backend("counter vanished")),
+        };
         txn.commit().map_err(backend)?;
         Ok(next)
     }

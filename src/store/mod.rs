@@ -140,6 +140,8 @@ pub enum Condition {
     Present,
     /// The item must exist with [`VERSION_ATTR`] equal to this value.
     VersionIs(u64),
+    /// The item must exist with this numeric attribute equal to this value.
+    NumberIs(&'static str, u64),
 }
 
 /// One write, alone or inside a transaction.
@@ -151,6 +153,18 @@ pub enum WriteOp {
         key: Key,
         /// The attributes, without the key attributes.
         item: Item,
+        /// What must hold first.
+        cond: Condition,
+    },
+    /// Change some attributes of the item at `key` in place, atomically: `set` replaces
+    /// attributes, `add` adds to numeric ones (created at 0). The untouched attributes stay.
+    Update {
+        /// What to change.
+        key: Key,
+        /// Attributes to set to these values.
+        set: Item,
+        /// Numeric attributes to add these amounts to.
+        add: Vec<(String, i64)>,
         /// What must hold first.
         cond: Condition,
     },
@@ -174,9 +188,10 @@ impl WriteOp {
     /// The key this operation addresses.
     pub fn key(&self) -> &Key {
         match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => {
-                key
-            }
+            WriteOp::Put { key, .. }
+            | WriteOp::Update { key, .. }
+            | WriteOp::Delete { key, .. }
+            | WriteOp::Check { key, .. } => key,
         }
     }
 }
@@ -264,7 +279,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page, StoreError>;
 
-    /// One conditional put or delete ([`WriteOp::Check`] is only meaningful in a transaction).
+    /// One conditional put, update or delete ([`WriteOp::Check`] is only meaningful in a transaction).
     async fn write(&self, op: WriteOp) -> Result<(), StoreError>;
 
     /// All of `ops` or none of them; [`StoreError::Conflict`] if any condition fails.

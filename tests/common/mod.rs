@@ -29,6 +29,11 @@ impl DynamoLocal {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Its socket address, for the simulator to forward to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
     /// Kill it (SIGKILL) and wait until it is gone.
     pub fn stop(&mut self) {
         let _ = self._child.kill();
@@ -298,125 +303,6 @@ pub fn sh(script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// An HTTP proxy between clients and DynamoDB Local that answers some requests itself
-/// with DynamoDB's throttling error or an HTTP 500, to prove the retry paths.
-pub struct FaultProxy {
-    pub port: u16,
-    /// Inject a fault into one request of every this many (0: none).
-    pub every: Arc<std::sync::atomic::AtomicU64>,
-    /// Faults injected so far.
-    pub injected: Arc<std::sync::atomic::AtomicU64>,
-    /// Requests passed on so far.
-    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl FaultProxy {
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Read one HTTP/1.1 message (head and Content-Length body); None at end of stream.
-fn read_message(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
-    let mut message = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().ok()?;
-            }
-        }
-        message.extend_from_slice(line.as_bytes());
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    message.extend(body);
-    Some(message)
-}
-
-fn fault_response(n: u64) -> Vec<u8> {
-    let (status, kind) = if n % 2 == 0 {
-        ("400 Bad Request", "ThrottlingException")
-    } else {
-        ("500 Internal Server Error", "InternalServerError")
-    };
-    let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test\"}}");
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: injected-{n}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-pub fn start_fault_proxy(upstream: u16, every: u64) -> FaultProxy {
-    use std::io::{BufReader, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = FaultProxy {
-        port: listener.local_addr().unwrap().port(),
-        every: Arc::new(AtomicU64::new(every)),
-        injected: Arc::new(AtomicU64::new(0)),
-        forwarded: Arc::new(AtomicU64::new(0)),
-    };
-    let (every, injected, forwarded) = (
-        proxy.every.clone(),
-        proxy.injected.clone(),
-        proxy.forwarded.clone(),
-    );
-    let counter = Arc::new(AtomicU64::new(0));
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let (every, injected, forwarded, counter) = (
-                every.clone(),
-                injected.clone(),
-                forwarded.clone(),
-                counter.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(client.try_clone().unwrap());
-                let mut writer = client;
-                let mut upstream_conn: Option<(BufReader<TcpStream>, TcpStream)> = None;
-                while let Some(request) = read_message(&mut reader) {
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let every = every.load(Ordering::SeqCst);
-                    if every > 0 && n % every == 0 {
-                        injected.fetch_add(1, Ordering::SeqCst);
-                        if writer.write_all(&fault_response(n / every)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    if upstream_conn.is_none() {
-                        let Ok(stream) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                            return;
-                        };
-                        upstream_conn = Some((BufReader::new(stream.try_clone().unwrap()), stream));
-                    }
-                    let (up_reader, up_writer) = upstream_conn.as_mut().unwrap();
-                    if up_writer.write_all(&request).is_err() {
-                        return;
-                    }
-                    let Some(response) = read_message(up_reader) else {
-                        return;
-                    };
-                    forwarded.fetch_add(1, Ordering::SeqCst);
-                    if writer.write_all(&response).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    proxy
 }
 
 /// Run `dynamofs SUBCOMMAND aws:us-east-1/TABLE ARGS... -o endpoint=<DynamoDB Local>`.

@@ -1,0 +1,142 @@
+//! Round trips per entry, counted by the simulator between a real mount and DynamoDB
+//! Local, for the everyday tools on a real source tree (the tokio crate from the cargo
+//! registry, 649 entries): `tar x`, `ls -lR` and `cat` of every file with cold caches,
+//! `cp -a` and `rm -rf`. Counts, not times: the limits hold on a noisy machine, and a
+//! change that adds a request to a common path fails here.
+//!
+//! The simulator's latency is off (a count does not depend on it, and the test runs
+//! faster); its conflicts and throttling are on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{dynamo_local, mount_table, sh, unique_table, Mounted};
+use dynamofs::simulator::{SimConfig, Simulator};
+
+/// The tokio crate's source, as cargo unpacked it (every build of this crate has it).
+fn tokio_tree() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let index = std::fs::read_dir(home.join("registry/src"))
+        .expect("cargo registry sources")
+        .flatten()
+        .next()
+        .expect("a registry index")
+        .path();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(index)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tokio-1."))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("tokio's source in the cargo registry")
+}
+
+fn entries_under(path: &Path) -> usize {
+    sh(&format!("find '{}' | wc -l", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Requests per entry of `script`, printed with the capacity units it consumed.
+fn per_entry(sim: &Simulator, what: &str, entries: usize, script: &str) -> f64 {
+    let before = sim.counts();
+    sh(script);
+    let spent = sim.counts().since(&before);
+    let per = spent.requests() as f64 / entries as f64;
+    println!(
+        "{what:<22} {:>6} requests {per:>5.2}/entry  read CU {:>7.1}  write CU {:>7.1}  conflicts {}",
+        spent.requests(),
+        spent.read_units(),
+        spent.write_units(),
+        spent.conflicts()
+    );
+    print!("{spent}");
+    per
+}
+
+fn mount_cold(table: &str, sim: &Simulator) -> Mounted {
+    // A long heartbeat keeps the lease renewals out of the counts.
+    mount_table(table, &format!("endpoint={},heartbeat=60", sim.endpoint()))
+}
+
+#[test]
+fn requests_per_entry_stay_within_their_limits() {
+    let config = SimConfig {
+        latency: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start(dynamo_local().addr(), config).unwrap();
+    let tree = tokio_tree();
+    let entries = entries_under(&tree);
+    let work = tempfile::tempdir().unwrap();
+    let tarball = work.path().join("tree.tar");
+    sh(&format!(
+        "tar -C '{}' -cf '{}' '{}'",
+        tree.parent().unwrap().display(),
+        tarball.display(),
+        tree.file_name().unwrap().to_string_lossy()
+    ));
+    let name = tree.file_name().unwrap().to_string_lossy().into_owned();
+    let table = unique_table("Trips");
+
+    let m = mount_cold(&table, &sim);
+    let mnt = m.path().display().to_string();
+    let tar = per_entry(
+        &sim,
+        "tar x",
+        entries,
+        &format!("tar -C '{mnt}' -xf '{}'", tarball.display()),
+    );
+    m.unmount();
+
+    let m = mount_cold(&table, &sim);
+    let mnt = m.path().display().to_string();
+    let ls = per_entry(
+        &sim,
+        "ls -lR (cold)",
+        entries,
+        &format!("ls -lR '{mnt}/{name}' > /dev/null"),
+    );
+    m.unmount();
+
+    let m = mount_cold(&table, &sim);
+    let mnt = m.path().display().to_string();
+    let cat = per_entry(
+        &sim,
+        "cat every file (cold)",
+        entries,
+        &format!("find '{mnt}/{name}' -type f -print0 | xargs -0 cat > /dev/null"),
+    );
+    let cp = per_entry(
+        &sim,
+        "cp -a",
+        entries,
+        &format!("cp -a '{mnt}/{name}' '{mnt}/copy'"),
+    );
+    let rm = per_entry(&sim, "rm -rf", entries, &format!("rm -rf '{mnt}/copy'"));
+    sh(&format!("diff -r '{}' '{mnt}/{name}'", tree.display()));
+    m.unmount();
+
+    let limits = [
+        ("tar x", tar, 2.0),
+        ("ls -lR", ls, 0.25),
+        ("cat", cat, 1.2),
+        ("cp -a", cp, 3.0),
+        ("rm -rf", rm, 1.3),
+    ];
+    let over: Vec<String> = limits
+        .iter()
+        .filter(|(_, per, limit)| per > limit)
+        .map(|(what, per, limit)| format!("{what}: {per:.2} requests per entry, limit {limit}"))
+        .collect();
+    assert!(over.is_empty(), "over the round-trip limits: {over:?}");
+}
