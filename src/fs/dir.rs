@@ -51,7 +51,10 @@ impl Fs {
     }
 
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
-        let dir = self.load_dir(ino, true).await?;
+        // A cached inode is good enough: its version was read before the listing, which
+        // is all that rmdir's use of the listing needs, and `..` never changes under
+        // an open directory that is not being renamed.
+        let dir = self.load_dir(ino, false).await?;
         let mut listing = vec![
             DirEntry {
                 ino,

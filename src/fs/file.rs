@@ -30,6 +30,36 @@ const READAHEAD_BLOCKS: u64 = 16;
 const LAST_SEEN_LIMIT: usize = 100_000;
 /// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
 const DIRECT_DELETE_BLOCKS: u64 = 1024;
+/// A flush of at most this many bytes writes its blocks in the transaction that records
+/// the new size: one request for a small file (at twice the write units of plain puts,
+/// which at this size is little).
+const SMALL_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Attribute changes held with a file's unflushed writes, committed with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct HeldAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: Timestamp,
+}
+
+impl HeldAttrs {
+    fn apply(&self, inode: &mut Inode) {
+        inode.mode = self.mode;
+        inode.uid = self.uid;
+        inode.gid = self.gid;
+        inode.atime = self.atime;
+    }
+}
+
+/// What getattr must show of an open file beyond its stored inode.
+#[derive(Clone, Copy)]
+struct PendingView {
+    size: u64,
+    mtime: Option<Timestamp>,
+    held: Option<HeldAttrs>,
+}
 
 /// The answer to open: the handle, and whether the kernel may keep its page cache.
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +76,10 @@ pub(super) struct FileData {
     stored: Inode,
     /// Current size, including unflushed writes.
     size: u64,
-    /// Set when unflushed writes changed the content.
+    /// Set when unflushed writes (or a held utimens) changed the modification time.
     mtime: Option<Timestamp>,
+    /// Attribute changes held until the next flush.
+    held: Option<HeldAttrs>,
     dirty: BTreeMap<u64, Vec<u8>>,
     dirty_bytes: usize,
     clean: BTreeMap<u64, Arc<Vec<u8>>>,
@@ -64,8 +96,8 @@ struct OpenState {
     opens: usize,
     unlinked: bool,
     data: Arc<tokio::sync::Mutex<FileData>>,
-    /// Size and mtime not yet in the store, for getattr.
-    pending: Option<(u64, Timestamp)>,
+    /// Size, times and attributes not yet in the store, for getattr.
+    pending: Option<PendingView>,
 }
 
 /// The files open on this client, by inode.
@@ -106,9 +138,14 @@ impl OpenFiles {
     /// Apply unflushed size and mtime to an inode about to be reported.
     pub(super) fn overlay(&self, inode: &mut Inode) {
         if let Some(state) = self.open.lock().unwrap().get(&inode.ino) {
-            if let Some((size, mtime)) = state.pending {
-                inode.size = size;
-                inode.mtime = mtime;
+            if let Some(pending) = state.pending {
+                inode.size = pending.size;
+                if let Some(mtime) = pending.mtime {
+                    inode.mtime = mtime;
+                }
+                if let Some(held) = pending.held {
+                    held.apply(inode);
+                }
             }
         }
     }
@@ -117,9 +154,13 @@ impl OpenFiles {
         self.open.lock().unwrap().get(&ino).map(|s| s.data.clone())
     }
 
-    fn set_pending(&self, ino: u64, data: &FileData) {
+    pub(super) fn set_pending(&self, ino: u64, data: &FileData) {
         if let Some(state) = self.open.lock().unwrap().get_mut(&ino) {
-            state.pending = data.mtime.map(|m| (data.size, m));
+            state.pending = data.has_unflushed().then_some(PendingView {
+                size: data.size,
+                mtime: data.mtime,
+                held: data.held,
+            });
         }
     }
 }
@@ -130,6 +171,7 @@ impl FileData {
             size: inode.size,
             stored: inode,
             mtime: None,
+            held: None,
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
             clean: BTreeMap::new(),
@@ -150,7 +192,29 @@ impl FileData {
     }
 
     pub(super) fn has_unflushed(&self) -> bool {
-        !self.dirty.is_empty() || self.mtime.is_some()
+        !self.dirty.is_empty() || self.mtime.is_some() || self.held.is_some()
+    }
+
+    /// The file as this client sees it: the stored inode with what is not flushed yet.
+    pub(super) fn view(&self) -> Inode {
+        let mut inode = self.stored.clone();
+        inode.size = self.size;
+        inode.mtime = self.mtime.unwrap_or(inode.mtime);
+        if let Some(held) = self.held {
+            held.apply(&mut inode);
+        }
+        inode
+    }
+
+    /// Hold the attributes of `new` (the file as a setattr changed it) until the next flush.
+    pub(super) fn hold_attrs(&mut self, new: &Inode) {
+        self.held = Some(HeldAttrs {
+            mode: new.mode,
+            uid: new.uid,
+            gid: new.gid,
+            atime: new.atime,
+        });
+        self.mtime = Some(new.mtime);
     }
 
     pub(super) fn set_stored(&mut self, inode: Inode) {
@@ -344,7 +408,8 @@ impl Fs {
         Ok(buf.len() as u32)
     }
 
-    /// Write buffered blocks, then the inode's new size and mtime.
+    /// Write buffered blocks, then the inode's new size, mtime and held attributes. A
+    /// small flush goes in one transaction with the inode.
     pub(super) async fn flush_data(&self, data: &mut FileData) -> FsResult<()> {
         if !data.has_unflushed() {
             return Ok(());
@@ -352,21 +417,18 @@ impl Fs {
         let ino = data.stored.ino;
         let bs = self.format.block_size;
         let size = data.size;
-        let dirty = std::mem::take(&mut data.dirty);
-        let written = stream::iter(dirty.into_iter().map(|(idx, mut block)| async move {
+        let mut dirty = std::mem::take(&mut data.dirty);
+        for (idx, block) in dirty.iter_mut() {
             block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
-            let key = keys::block_key(ino, idx, self.format.stripes);
-            let item = to_item(&BlockRecord {
-                d: ByteBuf::from(block.clone()),
-            });
-            let result = self
-                .store
-                .write(WriteOp::Put {
-                    key,
-                    item,
-                    cond: Condition::None,
-                })
-                .await;
+        }
+        let small = dirty.values().map(Vec::len).sum::<usize>() <= SMALL_FLUSH_BYTES;
+        let with_inode = if small {
+            std::mem::take(&mut dirty)
+        } else {
+            BTreeMap::new()
+        };
+        let written = stream::iter(dirty.into_iter().map(|(idx, block)| async move {
+            let result = self.store.write(self.block_put(ino, idx, &block)).await;
             (idx, block, result)
         }))
         .buffer_unordered(PARALLEL_BLOCKS)
@@ -385,12 +447,14 @@ impl Fs {
                 }
             }
         }
-        data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
         if let Some(e) = failure {
+            data.dirty.extend(with_inode);
+            data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
             return Err(e.into());
         }
-        let mtime = data.mtime.unwrap_or_else(Timestamp::now);
+        let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
+        let with_inode_ref = &with_inode;
         let updated = self
             .optimistic(|fresh| {
                 let first = first.clone();
@@ -401,10 +465,17 @@ impl Fs {
                         first
                     };
                     let mut tx = Tx::new();
+                    for (idx, block) in with_inode_ref {
+                        tx.write(self.block_put(ino, *idx, block));
+                    }
+                    let now = tx.now();
                     let new = tx.update(&inode);
                     new.size = size;
-                    new.mtime = mtime;
-                    new.ctime = mtime;
+                    new.mtime = mtime.unwrap_or(new.mtime);
+                    new.ctime = now;
+                    if let Some(held) = held {
+                        held.apply(new);
+                    }
                     let written = tx.commit(self).await?;
                     Ok(written.get(&ino).cloned().expect("updated inode"))
                 }
@@ -421,15 +492,38 @@ impl Fs {
                 })
                 .await;
                 data.dirty.clear();
+                data.dirty_bytes = 0;
                 data.mtime = None;
+                data.held = None;
                 return Err(FsError::Stale);
             }
-            other => other?,
+            Err(e) => {
+                data.dirty.extend(with_inode);
+                data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+                return Err(e);
+            }
+            Ok(updated) => updated,
         };
+        for (idx, block) in with_inode {
+            data.clean.insert(idx, Arc::new(block));
+        }
+        data.dirty_bytes = 0;
         data.stored = updated;
         data.mtime = None;
+        data.held = None;
         self.files.set_pending(ino, data);
         Ok(())
+    }
+
+    /// The unconditional put of block `idx` of `ino`.
+    fn block_put(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
+        WriteOp::Put {
+            key: keys::block_key(ino, idx, self.format.stripes),
+            item: to_item(&BlockRecord {
+                d: ByteBuf::from(block.to_vec()),
+            }),
+            cond: Condition::None,
+        }
     }
 
     /// Write back this client's buffered writes of `ino`, if it has the file open.
@@ -537,16 +631,7 @@ impl Fs {
         if keep % bs != 0 {
             let idx = keep / bs;
             if let Some((_, block)) = self.fetch_blocks(ino, &[idx], keep).await?.pop() {
-                let key = keys::block_key(ino, idx, stripes);
-                self.store
-                    .write(WriteOp::Put {
-                        key,
-                        item: to_item(&BlockRecord {
-                            d: ByteBuf::from(block),
-                        }),
-                        cond: Condition::None,
-                    })
-                    .await?;
+                self.store.write(self.block_put(ino, idx, &block)).await?;
             }
         }
         let first_dead = keep.div_ceil(bs);

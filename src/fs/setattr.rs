@@ -30,73 +30,89 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+/// `inode` as `attr` changes it at `now`, if `caller` may make that change (the
+/// ownership rules of chmod, chown, utimens and truncate).
+fn changed(caller: Caller, inode: &Inode, attr: SetAttr, now: Timestamp) -> FsResult<Inode> {
+    let mut new = inode.clone();
+    if let Some(mode) = attr.mode {
+        if !is_owner(caller, inode) {
+            return Err(FsError::NotPermitted);
+        }
+        new.mode = mode & 0o7777;
+    }
+    if attr.uid.is_some_and(|uid| uid != inode.uid) && caller.uid != 0 {
+        return Err(FsError::NotPermitted);
+    }
+    if attr.gid.is_some_and(|gid| gid != inode.gid) && !is_owner(caller, inode) {
+        return Err(FsError::NotPermitted);
+    }
+    if attr.uid.is_some() || attr.gid.is_some() {
+        new.uid = attr.uid.unwrap_or(inode.uid);
+        new.gid = attr.gid.unwrap_or(inode.gid);
+        // chown clears setuid and setgid bits of non-directories, as Linux does.
+        if caller.uid != 0 && inode.kind != FileKind::Dir {
+            new.mode &= !(libc::S_ISUID | libc::S_ISGID);
+        }
+    }
+    for (set, field) in [(attr.atime, &mut new.atime), (attr.mtime, &mut new.mtime)] {
+        match set {
+            Some(SetTime::Now) => *field = now,
+            Some(SetTime::At(t)) if is_owner(caller, inode) => *field = t,
+            Some(SetTime::At(_)) => return Err(FsError::NotPermitted),
+            None => {}
+        }
+    }
+    if let Some(size) = attr.size {
+        match inode.kind {
+            FileKind::Dir => return Err(FsError::IsDir),
+            FileKind::File => {}
+            _ => return Err(FsError::Invalid),
+        }
+        if size != inode.size {
+            new.size = size;
+            new.mtime = now;
+        }
+    }
+    new.ctime = now;
+    Ok(new)
+}
+
 impl Fs {
     /// Change attributes of `ino`, with the ownership rules of chmod, chown and utimens.
+    ///
+    /// On a file this client holds unflushed writes of, changes other than the size are
+    /// held with those writes and committed with them (at close, fsync, a lock or
+    /// unmount): the chown, chmod and utimens that `tar` and `cp -a` make on a file
+    /// they just wrote cost no request of their own.
     pub async fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> FsResult<Inode> {
         self.check_writable()?;
-        // Unflushed writes first, so a truncation cuts them too and the size we start from is real.
         let open = self.files.data(ino);
         let mut data = match &open {
-            Some(data) => {
-                let mut data = data.lock().await;
-                self.flush_data(&mut data).await?;
-                Some(data)
-            }
+            Some(data) => Some(data.lock().await),
             None => None,
         };
+        if let Some(data) = data
+            .as_mut()
+            .filter(|d| attr.size.is_none() && d.has_unflushed())
+        {
+            let new = changed(caller, &data.view(), attr, Timestamp::now())?;
+            data.hold_attrs(&new);
+            self.files.set_pending(ino, data);
+            return Ok(self.present(new));
+        }
+        // Unflushed writes first, so a truncation cuts them too and the size we start from is real.
+        if let Some(data) = data.as_mut() {
+            self.flush_data(data).await?;
+        }
         let inode = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
                 let mut tx = Tx::new();
-                let now = tx.now();
-                let new = tx.update(&inode);
-                if let Some(mode) = attr.mode {
-                    if !is_owner(caller, &inode) {
-                        return Err(FsError::NotPermitted);
-                    }
-                    new.mode = mode & 0o7777;
+                let new = changed(caller, &inode, attr, tx.now())?;
+                if new.size < inode.size {
+                    tx.add_cleanup(ino, new.size, inode.size);
                 }
-                if attr.uid.is_some_and(|uid| uid != inode.uid) && caller.uid != 0 {
-                    return Err(FsError::NotPermitted);
-                }
-                if attr.gid.is_some_and(|gid| gid != inode.gid) && !is_owner(caller, &inode) {
-                    return Err(FsError::NotPermitted);
-                }
-                if attr.uid.is_some() || attr.gid.is_some() {
-                    new.uid = attr.uid.unwrap_or(inode.uid);
-                    new.gid = attr.gid.unwrap_or(inode.gid);
-                    // chown clears setuid and setgid bits of non-directories, as Linux does.
-                    if caller.uid != 0 && inode.kind != FileKind::Dir {
-                        new.mode &= !(libc::S_ISUID | libc::S_ISGID);
-                    }
-                }
-                for (set, field) in [(attr.atime, &mut new.atime), (attr.mtime, &mut new.mtime)] {
-                    match set {
-                        Some(SetTime::Now) => *field = now,
-                        Some(SetTime::At(t)) if is_owner(caller, &inode) => *field = t,
-                        Some(SetTime::At(_)) => return Err(FsError::NotPermitted),
-                        None => {}
-                    }
-                }
-                let mut shrink = None;
-                if let Some(size) = attr.size {
-                    match inode.kind {
-                        FileKind::Dir => return Err(FsError::IsDir),
-                        FileKind::File => {}
-                        _ => return Err(FsError::Invalid),
-                    }
-                    if size != inode.size {
-                        new.size = size;
-                        new.mtime = now;
-                        if size < inode.size {
-                            shrink = Some((size, inode.size));
-                        }
-                    }
-                }
-                new.ctime = now;
-                if let Some((keep, stored)) = shrink {
-                    tx.add_cleanup(ino, keep, stored);
-                }
+                *tx.update(&inode) = new;
                 Ok(tx.commit(self).await?.remove(&ino).expect("updated inode"))
             })
             .await?;

@@ -14,6 +14,9 @@ use crate::keys;
 use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
 use crate::store::{Condition, Item, Key, Value, WriteOp, VERSION_ATTR};
 
+/// Files up to this size have their blocks deleted in the transaction that deletes them.
+const SMALL_DELETE_BYTES: u64 = 64 * 1024;
+
 /// The condition that an entry still points at inode `ino`.
 pub(super) fn points_at(ino: u64) -> Condition {
     Condition::NumberIs("ino", ino)
@@ -32,6 +35,8 @@ pub(super) struct Tx {
     /// Directories whose entries change, with the change of their link count.
     touched: BTreeMap<u64, i64>,
     cleanups: Vec<Cleanup>,
+    /// Writes of other records (blocks) that must commit together with the rest.
+    others: Vec<WriteOp>,
     orphans: Vec<u64>,
     orphan_records: Vec<(Key, bool)>,
     now: Timestamp,
@@ -44,6 +49,7 @@ impl Tx {
             entries: Vec::new(),
             touched: BTreeMap::new(),
             cleanups: Vec::new(),
+            others: Vec::new(),
             orphans: Vec::new(),
             orphan_records: Vec::new(),
             now: Timestamp::now(),
@@ -138,8 +144,24 @@ impl Tx {
                     read_ver: inode.ver,
                 },
             );
-            self.add_cleanup(inode.ino, 0, inode.size);
+            let (bs, stripes) = (fs.format.block_size, fs.format.stripes);
+            if inode.kind == FileKind::File && inode.size <= SMALL_DELETE_BYTES {
+                // A small file's blocks go with it, in this transaction: nothing to clean up.
+                for idx in 0..inode.size.div_ceil(bs) {
+                    self.write(WriteOp::Delete {
+                        key: keys::block_key(inode.ino, idx, stripes),
+                        cond: Condition::None,
+                    });
+                }
+            } else {
+                self.add_cleanup(inode.ino, 0, inode.size);
+            }
         }
+    }
+
+    /// Commit `op` (a block write or delete) together with the rest.
+    pub(super) fn write(&mut self, op: WriteOp) {
+        self.others.push(op);
     }
 
     /// Drop the record that `session` kept unlinked inode `ino` open.
@@ -225,6 +247,7 @@ impl Tx {
                 },
             });
         }
+        ops.extend(self.others.iter().cloned());
         for cleanup in &self.cleanups {
             ops.push(WriteOp::Put {
                 key: keys::cleanup_key(cleanup.ino),
