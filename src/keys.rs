@@ -6,7 +6,11 @@
 //!                 f:                 format             Format: version, block size, stripes
 //!                 f:                 inodes             inode counter: next (N), taken by ADD
 //!                 i:<ino>            .                  Inode: kind, mode, owner, size, times,
-//!                                                       nlink, parent, symlink target, xattrs, ver
+//!                                                       nlink, parent, symlink target, xattrs,
+//!                                                       inline flag, ver
+//!                 i:<ino>            data               inline data (B): block 0 of a small file
+//!                                                       (when the inode's inline flag is set),
+//!                                                       read with the inode by one query
 //!                 d:<dir ino>        <encoded name>     Entry: child ino, kind
 //!                 g:                 <ino>              pending block cleanup (truncate, delete)
 //!                 s:                 <session id>       Session: host, pid, mountpoint, lease
@@ -49,9 +53,24 @@ pub fn inode_counter_key() -> Key {
     Key::meta("f:", "inodes")
 }
 
+/// Sort key of the inode record in its partition.
+pub const INODE_NAME: &str = ".";
+/// Sort key of the inline data in the inode's partition.
+pub const INLINE_NAME: &str = "data";
+
+/// Partition holding inode `ino`'s record and inline data.
+pub fn inode_partition(ino: u64) -> String {
+    format!("i:{ino}")
+}
+
 /// Key of inode `ino`'s attribute record.
 pub fn inode_key(ino: u64) -> Key {
-    Key::meta(format!("i:{ino}"), ".")
+    Key::meta(inode_partition(ino), INODE_NAME)
+}
+
+/// Key of inode `ino`'s inline data.
+pub fn inline_key(ino: u64) -> Key {
+    Key::meta(inode_partition(ino), INLINE_NAME)
 }
 
 /// Partition holding the entries of directory `dir`.

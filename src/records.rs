@@ -10,7 +10,7 @@ use serde_bytes::ByteBuf;
 use crate::store::{Item, StoreError};
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The filesystem-wide record written once, when the tables are first formatted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +156,9 @@ pub struct Inode {
     /// Extended attributes, by encoded name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, ByteBuf>,
+    /// Block 0 lives in the inline item beside the inode, not in the blocks table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
     /// Version for optimistic locking; bumped by every write of this record.
     pub ver: u64,
 }
@@ -294,6 +297,7 @@ mod tests {
             parent: 0,
             target: b"a\xffb".to_vec(),
             xattrs: [("user.k".to_string(), ByteBuf::from(vec![0u8, 1]))].into(),
+            inline: true,
             ver: 4,
         };
         assert_eq!(from_item::<Inode>(to_item(&inode)).unwrap(), inode);

@@ -471,3 +471,107 @@ async fn the_checker_finds_planted_inconsistencies() {
         "{text}"
     );
 }
+
+/// A small file's data lives in the inline item beside its inode: open and read cost
+/// one request; it moves to the blocks table when the file grows past the inline limit
+/// and back when a shrunk file is rewritten; truncation never lets cut bytes come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_live_inline_and_move_when_they_grow_or_shrink() {
+    let store = common::dynamo_store("Inline").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let stripes = fs.format_record().stripes;
+    let inline_item = |ino: u64| {
+        let store = store.clone();
+        async move { store.get(&keys::inline_key(ino)).await.unwrap().is_some() }
+    };
+    let (inode, opened) = fs
+        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    let ino = inode.ino;
+    fs.write(opened.fh, 0, &[b'a'; 1000]).await.unwrap();
+    let before = store.request_count();
+    fs.release(opened.fh).await.unwrap();
+    assert_eq!(
+        store.request_count() - before,
+        1,
+        "a small flush is one request"
+    );
+    assert!(inline_item(ino).await);
+    assert!(stored_blocks(&store, ino, stripes).await.is_empty());
+
+    let before = store.request_count();
+    let opened = fs.open(ME, ino, libc::O_RDWR).await.unwrap();
+    assert_eq!(fs.read(opened.fh, 0, 4096).await.unwrap(), vec![b'a'; 1000]);
+    assert_eq!(
+        store.request_count() - before,
+        1,
+        "open and read: one query"
+    );
+
+    let shrink = |size| SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    fs.setattr(ME, ino, shrink(10)).await.unwrap();
+    fs.setattr(ME, ino, shrink(1000)).await.unwrap();
+    let back = fs.read(opened.fh, 0, 4096).await.unwrap();
+    assert_eq!(&back[..10], &[b'a'; 10]);
+    assert!(back[10..].iter().all(|b| *b == 0), "cut bytes came back");
+
+    let big = vec![b'b'; 100 * 1024];
+    fs.write(opened.fh, 0, &big).await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    assert!(
+        !inline_item(ino).await,
+        "grown past the limit: no inline item"
+    );
+    assert_eq!(stored_blocks(&store, ino, stripes).await, vec![0]);
+
+    fs.setattr(ME, ino, shrink(50)).await.unwrap();
+    let opened = fs.open(ME, ino, libc::O_RDWR).await.unwrap();
+    fs.write(opened.fh, 0, b"c").await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    assert!(inline_item(ino).await, "rewritten small: inline again");
+    assert!(stored_blocks(&store, ino, stripes).await.is_empty());
+    let opened = fs.open(ME, ino, libc::O_RDONLY).await.unwrap();
+    let mut want = vec![b'b'; 50];
+    want[0] = b'c';
+    assert_eq!(fs.read(opened.fh, 0, 4096).await.unwrap(), want);
+    fs.release(opened.fh).await.unwrap();
+    let report = fs.check(&|_| {}).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    fs.unlink(ROOT_INO, b"f").await.unwrap();
+    assert!(!inline_item(ino).await);
+    let report = fs.check(&|_| {}).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.pending_cleanups, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_filesystem_is_upgraded_on_mount() {
+    let store = common::dynamo_store("Upgrade").await;
+    let old = Format {
+        version: 1,
+        block_size: 256 * 1024,
+        stripes: 16,
+    };
+    store
+        .write(WriteOp::Put {
+            key: keys::format_key(),
+            item: to_item(&old),
+            cond: Condition::Absent,
+        })
+        .await
+        .unwrap();
+    let fs = Fs::new(store.clone(), FsConfig::default()).await.unwrap();
+    assert_eq!(fs.format_record().version, 2);
+    let stored = store.get(&keys::format_key()).await.unwrap().unwrap();
+    assert_eq!(
+        dynamofs::records::from_item::<Format>(stored)
+            .unwrap()
+            .version,
+        2
+    );
+}

@@ -59,6 +59,7 @@ impl Fs {
                         parent: if is_dir { parent } else { 0 },
                         target: node.target.to_vec(),
                         xattrs: Default::default(),
+                        inline: false,
                         ver: 1,
                     };
                     let mut tx = Tx::new();
@@ -191,7 +192,7 @@ impl Fs {
         let inode = self.create_node(caller, parent, name, file).await?;
         // Just written: no need to read it back before opening it.
         let opened = self
-            .open_inode(inode.clone(), flags & !libc::O_TRUNC)
+            .open_inode(inode.clone(), None, flags & !libc::O_TRUNC)
             .await?;
         Ok((self.present(inode), opened))
     }

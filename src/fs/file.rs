@@ -11,25 +11,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
-use serde_bytes::ByteBuf;
+use futures::stream::{self, StreamExt};
 
+use super::blocks::PARALLEL_BLOCKS;
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
-use crate::records::{from_item, to_item, Cleanup, FileKind, Inode, Timestamp};
-use crate::store::{Condition, Key, SortKey, Table, WriteOp};
+use crate::records::{Cleanup, FileKind, Inode, Timestamp};
+use crate::store::{Condition, WriteOp};
 
-/// Requests in flight at once for one file's blocks.
-const PARALLEL_BLOCKS: usize = 16;
 /// Clean blocks kept per open file.
 const CLEAN_BLOCKS: usize = 64;
 /// Blocks fetched ahead of a sequential reader.
 const READAHEAD_BLOCKS: u64 = 16;
 /// Closed files whose (mtime, size) is remembered for keep_cache.
 const LAST_SEEN_LIMIT: usize = 100_000;
-/// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
-const DIRECT_DELETE_BLOCKS: u64 = 1024;
 /// A flush of at most this many bytes writes its blocks in the transaction that records
 /// the new size: one request for a small file (at twice the write units of plain puts,
 /// which at this size is little).
@@ -230,17 +226,23 @@ impl Fs {
         }
     }
 
-    /// Open a file. The inode is read fresh from the store (close-to-open consistency).
+    /// Open a file. The inode is read fresh from the store (close-to-open consistency),
+    /// with a small file's data in the same request.
     pub async fn open(&self, _caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.check_writable()?;
         }
-        let inode = self.load_inode(ino, true).await?;
-        self.open_inode(inode, flags).await
+        let (inode, inline) = self.load_for_open(ino).await?;
+        self.open_inode(inode, inline, flags).await
     }
 
-    /// Open `inode`, as just read from (or written to) the store.
-    pub(super) async fn open_inode(&self, inode: Inode, flags: i32) -> FsResult<Opened> {
+    /// Open `inode`, as just read from (or written to) the store, with its inline data.
+    pub(super) async fn open_inode(
+        &self,
+        inode: Inode,
+        inline: Option<Vec<u8>>,
+        flags: i32,
+    ) -> FsResult<Opened> {
         let ino = inode.ino;
         match inode.kind {
             FileKind::Dir => return Err(FsError::IsDir),
@@ -267,6 +269,9 @@ impl Fs {
             if !data.has_unflushed() && data.stored != inode {
                 *data = FileData::new(inode);
             }
+            if let Some(block) = inline.filter(|_| !data.dirty.contains_key(&0)) {
+                data.clean.insert(0, Arc::new(block));
+            }
         }
         let fh = self.new_handle(Handle::File(FileHandle {
             ino,
@@ -278,7 +283,7 @@ impl Fs {
 
     /// Read up to `size` bytes at `offset`.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (ino, _, data) = self.file_handle(fh)?;
+        let (_, _, data) = self.file_handle(fh)?;
         let mut data = data.lock().await;
         let end = (offset + size as u64).min(data.size);
         if offset >= end {
@@ -297,8 +302,8 @@ impl Fs {
             );
         }
         if !wanted.is_empty() {
-            let size_now = data.size;
-            let fetched = self.fetch_blocks(ino, &wanted, size_now).await?;
+            let (stored, size_now) = (data.stored.clone(), data.size);
+            let fetched = self.fetch_blocks(&stored, &wanted, size_now).await?;
             if data.clean.len() + fetched.len() > CLEAN_BLOCKS {
                 data.clean.clear();
             }
@@ -327,34 +332,6 @@ impl Fs {
         Ok(out)
     }
 
-    /// Fetch blocks from the store; missing ones (holes) come back empty. Bytes past
-    /// `size` are cut off so that they can never reappear as file content.
-    async fn fetch_blocks(
-        &self,
-        ino: u64,
-        indices: &[u64],
-        size: u64,
-    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
-        let bs = self.format.block_size;
-        let keys: Vec<Key> = indices
-            .iter()
-            .map(|i| keys::block_key(ino, *i, self.format.stripes))
-            .collect();
-        let items = self.store.batch_get(&keys).await?;
-        indices
-            .iter()
-            .zip(items)
-            .map(|(idx, item)| {
-                let mut block = match item {
-                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
-                    None => Vec::new(),
-                };
-                block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
-                Ok((*idx, block))
-            })
-            .collect()
-    }
-
     /// Write `buf` at `offset` (at the end of the file for O_APPEND handles).
     pub async fn write(&self, fh: u64, offset: u64, buf: &[u8]) -> FsResult<u32> {
         self.check_writable()?;
@@ -377,8 +354,8 @@ impl Fs {
                 } else if let Some(clean) = data.clean.get(&idx) {
                     clean.as_ref().clone()
                 } else {
-                    let size = data.size;
-                    self.fetch_blocks(ino, &[idx], size)
+                    let (stored, size) = (data.stored.clone(), data.size);
+                    self.fetch_blocks(&stored, &[idx], size)
                         .await?
                         .pop()
                         .map(|(_, b)| b)
@@ -421,6 +398,14 @@ impl Fs {
         for (idx, block) in dirty.iter_mut() {
             block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
         }
+        // Block 0 of a file that fits inline goes to the inline item; if it was inline
+        // and is rewritten into the blocks table, the inline item goes away.
+        let wrote_block0 = dirty.contains_key(&0);
+        let inline_block = if self.fits_inline(size) {
+            dirty.remove(&0)
+        } else {
+            None
+        };
         let small = dirty.values().map(Vec::len).sum::<usize>() <= SMALL_FLUSH_BYTES;
         let with_inode = if small {
             std::mem::take(&mut dirty)
@@ -447,14 +432,19 @@ impl Fs {
                 }
             }
         }
+        let restore =
+            |data: &mut FileData, with_inode: BTreeMap<u64, Vec<u8>>, inline: Option<Vec<u8>>| {
+                data.dirty.extend(with_inode);
+                data.dirty.extend(inline.map(|b| (0, b)));
+                data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+            };
         if let Some(e) = failure {
-            data.dirty.extend(with_inode);
-            data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+            restore(data, with_inode, inline_block);
             return Err(e.into());
         }
         let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
-        let with_inode_ref = &with_inode;
+        let (with_inode_ref, inline_ref) = (&with_inode, &inline_block);
         let updated = self
             .optimistic(|fresh| {
                 let first = first.clone();
@@ -468,8 +458,26 @@ impl Fs {
                     for (idx, block) in with_inode_ref {
                         tx.write(self.block_put(ino, *idx, block));
                     }
+                    let inline = match inline_ref {
+                        Some(block) => {
+                            tx.write(self.inline_put(ino, block));
+                            if !inode.inline && inode.size > 0 {
+                                tx.write(self.block_delete(ino, 0));
+                            }
+                            true
+                        }
+                        None if inode.inline && wrote_block0 => {
+                            tx.write(WriteOp::Delete {
+                                key: keys::inline_key(ino),
+                                cond: Condition::None,
+                            });
+                            false
+                        }
+                        None => inode.inline,
+                    };
                     let now = tx.now();
                     let new = tx.update(&inode);
+                    new.inline = inline;
                     new.size = size;
                     new.mtime = mtime.unwrap_or(new.mtime);
                     new.ctime = now;
@@ -498,13 +506,12 @@ impl Fs {
                 return Err(FsError::Stale);
             }
             Err(e) => {
-                data.dirty.extend(with_inode);
-                data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+                restore(data, with_inode, inline_block);
                 return Err(e);
             }
             Ok(updated) => updated,
         };
-        for (idx, block) in with_inode {
+        for (idx, block) in with_inode.into_iter().chain(inline_block.map(|b| (0, b))) {
             data.clean.insert(idx, Arc::new(block));
         }
         data.dirty_bytes = 0;
@@ -513,17 +520,6 @@ impl Fs {
         data.held = None;
         self.files.set_pending(ino, data);
         Ok(())
-    }
-
-    /// The unconditional put of block `idx` of `ino`.
-    fn block_put(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
-        WriteOp::Put {
-            key: keys::block_key(ino, idx, self.format.stripes),
-            item: to_item(&BlockRecord {
-                d: ByteBuf::from(block.to_vec()),
-            }),
-            cond: Condition::None,
-        }
     }
 
     /// Write back this client's buffered writes of `ino`, if it has the file open.
@@ -608,67 +604,4 @@ impl Fs {
         })
         .await
     }
-
-    /// Delete the blocks a committed cleanup record names, then the record. A failure
-    /// leaves the record in place for a later run to finish.
-    pub(super) async fn finish_cleanup(&self, cleanup: Cleanup) {
-        if let Err(e) = self.trim_blocks(cleanup).await {
-            tracing::warn!(ino = cleanup.ino, error = %e, "block cleanup left unfinished");
-            return;
-        }
-        let done = WriteOp::Delete {
-            key: keys::cleanup_key(cleanup.ino),
-            cond: Condition::None,
-        };
-        if let Err(e) = self.store.write(done).await {
-            tracing::warn!(ino = cleanup.ino, error = %e, "cannot remove a finished cleanup record");
-        }
-    }
-
-    async fn trim_blocks(&self, Cleanup { ino, keep, stored }: Cleanup) -> FsResult<()> {
-        let bs = self.format.block_size;
-        let stripes = self.format.stripes;
-        if keep % bs != 0 {
-            let idx = keep / bs;
-            if let Some((_, block)) = self.fetch_blocks(ino, &[idx], keep).await?.pop() {
-                self.store.write(self.block_put(ino, idx, &block)).await?;
-            }
-        }
-        let first_dead = keep.div_ceil(bs);
-        let end = stored.div_ceil(bs);
-        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
-            (first_dead..end)
-                .map(|i| keys::block_key(ino, i, stripes))
-                .collect()
-        } else {
-            let mut found = Vec::new();
-            for stripe in 0..stripes {
-                let partition = keys::block_partition(ino, stripe);
-                let after = first_dead.checked_sub(1).map(SortKey::N);
-                let items = self.query_all(Table::Blocks, &partition, after).await?;
-                found.extend(items.into_iter().map(|(sk, _)| Key {
-                    table: Table::Blocks,
-                    pk: partition.clone(),
-                    sk,
-                }));
-            }
-            found
-        };
-        stream::iter(doomed.into_iter().map(|key| {
-            self.store.write(WriteOp::Delete {
-                key,
-                cond: Condition::None,
-            })
-        }))
-        .buffer_unordered(PARALLEL_BLOCKS)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
-    }
-}
-
-/// A block item of the blocks table: `d` holds the bytes.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BlockRecord {
-    d: ByteBuf,
 }

@@ -49,8 +49,13 @@ impl Fs {
         let meta = self.all_keys(Table::Meta).await?;
         let inode_keys: Vec<Key> = meta
             .iter()
-            .filter(|k| k.pk.starts_with("i:"))
+            .filter(|k| k.pk.starts_with("i:") && k.sk == SortKey::S(keys::INODE_NAME.into()))
             .cloned()
+            .collect();
+        let inline_items: Vec<u64> = meta
+            .iter()
+            .filter(|k| k.sk == SortKey::S(keys::INLINE_NAME.into()))
+            .filter_map(|k| k.pk.strip_prefix("i:")?.parse().ok())
             .collect();
         let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
         for chunk in inode_keys.chunks(100) {
@@ -156,6 +161,18 @@ impl Fs {
             report.problems.push("the root inode is missing".into());
         }
 
+        for ino in inline_items {
+            match inodes.get(&ino) {
+                None => report
+                    .problems
+                    .push(format!("inline data of missing inode {ino}")),
+                Some(inode) if !inode.inline => report.problems.push(format!(
+                    "inline data of inode {ino}, which keeps its data in blocks"
+                )),
+                Some(_) => {}
+            }
+        }
+
         let bs = self.format.block_size;
         progress("scanning blocks");
         for key in self.all_keys(Table::Blocks).await? {
@@ -169,6 +186,10 @@ impl Fs {
                 Some(inode) if index * bs >= inode.size => report.problems.push(format!(
                     "block {index} of inode {} lies past its size {}",
                     inode.ino, inode.size
+                )),
+                Some(inode) if index == 0 && inode.inline => report.problems.push(format!(
+                    "block 0 of inode {} is in the blocks table and inline",
+                    inode.ino
                 )),
                 Some(_) => {}
             }

@@ -11,6 +11,7 @@
 //! inode fresh (close-to-open consistency); file data of open files is buffered per
 //! inode and written back on flush, fsync and close.
 
+mod blocks;
 mod cache;
 mod create;
 mod dir;
@@ -181,13 +182,18 @@ impl Fs {
             }
             None => Self::format(store.as_ref(), &config).await?,
         };
-        if format.version != FORMAT_VERSION {
-            return Err(StoreError::fatal(format!(
-                "the tables hold dynamofs format version {}, but this build reads version {FORMAT_VERSION}",
-                format.version
-            ))
-            .into());
-        }
+        let format = match format.version {
+            FORMAT_VERSION => format,
+            1 if config.read_only => format,
+            1 => Self::upgrade_format(store.as_ref(), format).await?,
+            other => {
+                return Err(StoreError::fatal(format!(
+                    "the tables hold dynamofs format version {other}, but this build reads versions 1 and {FORMAT_VERSION}: \
+                     mount them with the dynamofs release that made them"
+                ))
+                .into())
+            }
+        };
         let cache = cache::MetaCache::new(config.attr_ttl, config.entry_ttl);
         Ok(Fs {
             store,
@@ -226,6 +232,7 @@ impl Fs {
             parent: ROOT_INO,
             target: Vec::new(),
             xattrs: Default::default(),
+            inline: false,
             ver: 1,
         };
         let ops = vec![
@@ -252,6 +259,29 @@ impl Fs {
                     .await?
                     .ok_or(FsError::NotFound)?;
                 Ok(from_item(item)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Format 1 is format 2 without inline data: every format 1 table is a valid format 2
+    /// table. Mark it as format 2, so that format 1 clients, which would not see inline
+    /// data, refuse to mount it from now on.
+    async fn upgrade_format(store: &dyn Store, old: Format) -> FsResult<Format> {
+        let new = Format {
+            version: FORMAT_VERSION,
+            ..old
+        };
+        let put = WriteOp::Put {
+            key: keys::format_key(),
+            item: to_item(&new),
+            cond: Condition::NumberIs("version", 1),
+        };
+        match store.write(put).await {
+            // Another client upgraded it first.
+            Ok(()) | Err(StoreError::Conflict) => {
+                tracing::info!("upgraded the filesystem from format 1 to format {FORMAT_VERSION}");
+                Ok(new)
             }
             Err(e) => Err(e.into()),
         }

@@ -2,7 +2,9 @@
 
 use super::tx::Tx;
 use super::{is_owner, Caller, Fs, FsError, FsResult};
+use crate::keys;
 use crate::records::{FileKind, Inode, Timestamp};
+use crate::store::{Condition, WriteOp};
 
 /// A new timestamp: the current time, or one given by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +80,33 @@ fn changed(caller: Caller, inode: &Inode, attr: SetAttr, now: Timestamp) -> FsRe
 }
 
 impl Fs {
+    /// Record in `tx` what shrinking `inode` to `new.size` leaves behind: an inline block 0
+    /// is cut in the transaction itself; blocks-table blocks past the new size become a
+    /// cleanup (which never touches an inline block 0).
+    async fn cut_data(&self, tx: &mut Tx, inode: &Inode, new: &mut Inode) -> FsResult<()> {
+        let bs = self.format.block_size;
+        if !inode.inline {
+            tx.add_cleanup(inode.ino, new.size, inode.size);
+            return Ok(());
+        }
+        if new.size == 0 {
+            tx.write(WriteOp::Delete {
+                key: keys::inline_key(inode.ino),
+                cond: Condition::None,
+            });
+            new.inline = false;
+        } else if new.size < bs {
+            let (_, kept) = self
+                .fetch_blocks(inode, &[0], new.size)
+                .await?
+                .pop()
+                .expect("one block asked, one returned");
+            tx.write(self.inline_put(inode.ino, &kept));
+        }
+        tx.add_cleanup(inode.ino, new.size.max(bs), inode.size);
+        Ok(())
+    }
+
     /// Change attributes of `ino`, with the ownership rules of chmod, chown and utimens.
     ///
     /// On a file this client holds unflushed writes of, changes other than the size are
@@ -108,9 +137,9 @@ impl Fs {
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
                 let mut tx = Tx::new();
-                let new = changed(caller, &inode, attr, tx.now())?;
+                let mut new = changed(caller, &inode, attr, tx.now())?;
                 if new.size < inode.size {
-                    tx.add_cleanup(ino, new.size, inode.size);
+                    self.cut_data(&mut tx, &inode, &mut new).await?;
                 }
                 *tx.update(&inode) = new;
                 Ok(tx.commit(self).await?.remove(&ino).expect("updated inode"))

@@ -144,14 +144,17 @@ impl Tx {
                     read_ver: inode.ver,
                 },
             );
-            let (bs, stripes) = (fs.format.block_size, fs.format.stripes);
+            if inode.inline {
+                self.write(WriteOp::Delete {
+                    key: keys::inline_key(inode.ino),
+                    cond: Condition::None,
+                });
+            }
+            let first = u64::from(inode.inline);
             if inode.kind == FileKind::File && inode.size <= SMALL_DELETE_BYTES {
                 // A small file's blocks go with it, in this transaction: nothing to clean up.
-                for idx in 0..inode.size.div_ceil(bs) {
-                    self.write(WriteOp::Delete {
-                        key: keys::block_key(inode.ino, idx, stripes),
-                        cond: Condition::None,
-                    });
+                for idx in first..inode.size.div_ceil(fs.format.block_size) {
+                    self.write(fs.block_delete(inode.ino, idx));
                 }
             } else {
                 self.add_cleanup(inode.ino, 0, inode.size);

@@ -1,0 +1,203 @@
+//! Block I/O: reading, writing and deleting the data of files.
+//!
+//! Block `n` of a file lives in the blocks table under the file's stripe `n mod stripes`
+//! (see [`crate::keys`]). A small file's block 0 lives instead in the inline item beside
+//! its inode (`i:<ino>` / `data`), flagged by [`Inode::inline`]: `open` reads inode and
+//! data with one query, and a chmod or utimens, which rewrites only the inode item, is
+//! not billed for the data. Whatever truncation or deletion leaves behind is recorded
+//! as a cleanup in the same transaction and deleted here.
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde_bytes::ByteBuf;
+
+use super::{Fs, FsError, FsResult};
+use crate::keys;
+use crate::records::{from_item, to_item, Cleanup, Inode};
+use crate::store::{Condition, Key, SortKey, Table, WriteOp};
+
+/// Requests in flight at once for one file's blocks.
+pub(super) const PARALLEL_BLOCKS: usize = 16;
+/// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
+const DIRECT_DELETE_BLOCKS: u64 = 1024;
+/// Files up to this size keep their data in the inline item. 64 KiB holds most files
+/// of a source tree (96 % of the tokio crate's files; see Testing.md) in one item
+/// read together with the inode, far under the 400 KB item limit, and at 16 read units
+/// a query that carries it costs a quarter of one 256 KiB block read.
+pub(super) const INLINE_MAX: u64 = 64 * 1024;
+
+/// A block item of the blocks table, or the inline item: `d` holds the bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlockRecord {
+    d: ByteBuf,
+}
+
+fn block_item(bytes: &[u8]) -> crate::store::Item {
+    to_item(&BlockRecord {
+        d: ByteBuf::from(bytes.to_vec()),
+    })
+}
+
+impl Fs {
+    /// Read an inode and its inline data together (one query of its partition), fresh.
+    pub(super) async fn load_for_open(&self, ino: u64) -> FsResult<(Inode, Option<Vec<u8>>)> {
+        let page = self
+            .store
+            .query(Table::Meta, &keys::inode_partition(ino), None, 2)
+            .await?;
+        let mut inode = None;
+        let mut inline = None;
+        for (sk, item) in page.items {
+            match sk {
+                SortKey::S(name) if name == keys::INODE_NAME => {
+                    inode = Some(from_item::<Inode>(item)?)
+                }
+                SortKey::S(name) if name == keys::INLINE_NAME => {
+                    inline = Some(from_item::<BlockRecord>(item)?.d.into_vec())
+                }
+                _ => {}
+            }
+        }
+        let Some(inode) = inode else {
+            self.forget_inode(ino);
+            return Err(FsError::Stale);
+        };
+        self.cache_inode(&inode);
+        let inline = inline.filter(|_| inode.inline).map(|mut d| {
+            d.truncate(inode.size.min(self.format.block_size) as usize);
+            d
+        });
+        Ok((inode, inline))
+    }
+
+    /// Fetch blocks of `inode` from the store; missing ones (holes) come back empty. Bytes
+    /// past `size` are cut off so that they can never reappear as file content.
+    pub(super) async fn fetch_blocks(
+        &self,
+        inode: &Inode,
+        indices: &[u64],
+        size: u64,
+    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        let bs = self.format.block_size;
+        let keys: Vec<Key> = indices.iter().map(|i| self.block_key(inode, *i)).collect();
+        let items = self.store.batch_get(&keys).await?;
+        indices
+            .iter()
+            .zip(items)
+            .map(|(idx, item)| {
+                let mut block = match item {
+                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
+                    None => Vec::new(),
+                };
+                block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
+                Ok((*idx, block))
+            })
+            .collect()
+    }
+
+    /// Where block `idx` of `inode` is stored.
+    fn block_key(&self, inode: &Inode, idx: u64) -> Key {
+        if idx == 0 && inode.inline {
+            keys::inline_key(inode.ino)
+        } else {
+            keys::block_key(inode.ino, idx, self.format.stripes)
+        }
+    }
+
+    /// The unconditional put of block `idx` of `ino` in the blocks table.
+    pub(super) fn block_put(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
+        WriteOp::Put {
+            key: keys::block_key(ino, idx, self.format.stripes),
+            item: block_item(block),
+            cond: Condition::None,
+        }
+    }
+
+    /// The unconditional delete of block `idx` of `ino` from the blocks table.
+    pub(super) fn block_delete(&self, ino: u64, idx: u64) -> WriteOp {
+        WriteOp::Delete {
+            key: keys::block_key(ino, idx, self.format.stripes),
+            cond: Condition::None,
+        }
+    }
+
+    /// The unconditional put of the inline data of `ino`.
+    pub(super) fn inline_put(&self, ino: u64, data: &[u8]) -> WriteOp {
+        WriteOp::Put {
+            key: keys::inline_key(ino),
+            item: block_item(data),
+            cond: Condition::None,
+        }
+    }
+
+    /// Whether a file of `size` bytes keeps its data inline.
+    pub(super) fn fits_inline(&self, size: u64) -> bool {
+        size <= INLINE_MAX.min(self.format.block_size)
+    }
+
+    /// Delete the blocks a committed cleanup record names, then the record. A failure
+    /// leaves the record in place for a later run to finish.
+    pub(super) async fn finish_cleanup(&self, cleanup: Cleanup) {
+        if let Err(e) = self.trim_blocks(cleanup).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "block cleanup left unfinished");
+            return;
+        }
+        let done = WriteOp::Delete {
+            key: keys::cleanup_key(cleanup.ino),
+            cond: Condition::None,
+        };
+        if let Err(e) = self.store.write(done).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "cannot remove a finished cleanup record");
+        }
+    }
+
+    /// Delete the blocks-table blocks of `ino` past byte `keep` (trimming the one that
+    /// holds it). Never touches an inline block 0: cleanups of inline files keep at
+    /// least the first block.
+    async fn trim_blocks(&self, Cleanup { ino, keep, stored }: Cleanup) -> FsResult<()> {
+        let bs = self.format.block_size;
+        let stripes = self.format.stripes;
+        if keep % bs != 0 {
+            let idx = keep / bs;
+            let in_blocks = keys::block_key(ino, idx, stripes);
+            let items = self
+                .store
+                .batch_get(std::slice::from_ref(&in_blocks))
+                .await?;
+            if let Some(item) = items.into_iter().flatten().next() {
+                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
+                block.truncate((keep - idx * bs) as usize);
+                self.store.write(self.block_put(ino, idx, &block)).await?;
+            }
+        }
+        let first_dead = keep.div_ceil(bs);
+        let end = stored.div_ceil(bs);
+        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
+            (first_dead..end)
+                .map(|i| keys::block_key(ino, i, stripes))
+                .collect()
+        } else {
+            let mut found = Vec::new();
+            for stripe in 0..stripes {
+                let partition = keys::block_partition(ino, stripe);
+                let after = first_dead.checked_sub(1).map(SortKey::N);
+                let items = self.query_all(Table::Blocks, &partition, after).await?;
+                found.extend(items.into_iter().map(|(sk, _)| Key {
+                    table: Table::Blocks,
+                    pk: partition.clone(),
+                    sk,
+                }));
+            }
+            found
+        };
+        stream::iter(doomed.into_iter().map(|key| {
+            self.store.write(WriteOp::Delete {
+                key,
+                cond: Condition::None,
+            })
+        }))
+        .buffer_unordered(PARALLEL_BLOCKS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+}
