@@ -12,6 +12,8 @@ use crate::records::{Entry, Inode, Timestamp};
 
 /// Records a cache may hold before expired ones are dropped.
 const CACHE_LIMIT: usize = 200_000;
+/// How long a directory stays contended after a transaction on it collided.
+const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 /// (directory inode, name bytes).
 type EntryKey = (u64, Vec<u8>);
@@ -48,6 +50,8 @@ pub(super) struct MetaCache {
     inodes: Mutex<HashMap<u64, Cached<Inode>>>,
     entries: Mutex<HashMap<EntryKey, Cached<Entry>>>,
     listings: Mutex<HashMap<u64, Cached<Listing>>>,
+    /// Directories where this client's transactions recently collided with others'.
+    contended: Mutex<HashMap<u64, Instant>>,
 }
 
 /// A complete listing of one directory.
@@ -77,6 +81,7 @@ impl MetaCache {
             inodes: Mutex::default(),
             entries: Mutex::default(),
             listings: Mutex::default(),
+            contended: Mutex::default(),
         }
     }
 
@@ -180,6 +185,22 @@ impl MetaCache {
         (listing.at.elapsed() < self.entry_ttl && listing.value.entries.is_empty())
             .then_some(listing.value.ver)
             .flatten()
+    }
+
+    /// Note that a transaction on directory `dir` collided with another client's.
+    pub(super) fn mark_contended(&self, dir: u64) {
+        let mut contended = self.contended.lock().unwrap();
+        contended.retain(|_, at| at.elapsed() < CONTENDED_FOR);
+        contended.insert(dir, Instant::now());
+    }
+
+    /// Whether other clients are busy in `dir` (a collision within [`CONTENDED_FOR`]).
+    pub(super) fn is_contended(&self, dir: u64) -> bool {
+        self.contended
+            .lock()
+            .unwrap()
+            .get(&dir)
+            .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
     }
 
     /// Forget the listing of a directory that went away.

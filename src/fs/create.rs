@@ -1,13 +1,20 @@
 //! mknod, mkdir, symlink, create and link: every operation that adds a name.
 //!
 //! A new name is one transaction: the entry (which must be absent), the new inode
-//! and the parent's times and link count, conditioned on the parent's version. So an
-//! existing name is EEXIST on every client, and a create cannot race an rmdir.
+//! and an atomic update of the parent's times, link count and version. So an existing
+//! name is EEXIST on every client, and a create cannot race an rmdir (which deletes the
+//! directory only at the version it saw empty).
+//!
+//! In a contended directory (other clients' transactions collide with ours there), a
+//! file's create leaves the parent out of its transaction and then touches it with a
+//! single conditional write, which never collides with other such writes. The touch
+//! still moves the version before the create returns, so rmdir stays exact; if the
+//! directory was removed in between, the create is undone and fails with ENOENT.
 
 use super::tx::Tx;
 use super::{check_name, Caller, Fs, FsError, FsResult, Opened};
 use crate::records::{Entry, FileKind, Inode, Timestamp};
-use crate::store::Condition;
+use crate::store::{Condition, StoreError};
 
 /// What kind of node to create and with what content.
 struct NewNode<'a> {
@@ -32,6 +39,7 @@ impl Fs {
             .optimistic(|fresh| {
                 let node = &node;
                 async move {
+                    let detached = node.kind != FileKind::Dir && self.cache.is_contended(parent);
                     let dir = self.load_dir(parent, fresh).await?;
                     if dir.nlink == 0 {
                         return Err(FsError::NotFound);
@@ -73,7 +81,9 @@ impl Fs {
                         Condition::Absent,
                     );
                     tx.create(inode.clone());
-                    tx.touch_dir(parent, if is_dir { 1 } else { 0 });
+                    if !detached {
+                        tx.touch_dir(parent, if is_dir { 1 } else { 0 });
+                    }
                     match tx.commit(self).await {
                         Err(e)
                             if e.is_conflict()
@@ -81,7 +91,16 @@ impl Fs {
                         {
                             Err(FsError::Exists)
                         }
-                        other => other.map(|_| inode),
+                        Err(e) if e.is_contention() => {
+                            self.cache.mark_contended(parent);
+                            Err(e)
+                        }
+                        Err(e) => Err(e),
+                        Ok(_) if detached => {
+                            self.touch_after_create(parent, name, &inode).await?;
+                            Ok(inode)
+                        }
+                        Ok(_) => Ok(inode),
                     }
                 }
             })
@@ -91,6 +110,27 @@ impl Fs {
             self.cache.put_listing(ino, [], Some(inode.ver));
         }
         Ok(inode)
+    }
+
+    /// Touch the parent of a create committed without it; if the parent is gone (an
+    /// rmdir won the race), undo the create.
+    async fn touch_after_create(&self, parent: u64, name: &[u8], inode: &Inode) -> FsResult<()> {
+        match self.touch_dir_now(parent).await {
+            Ok(()) => Ok(()),
+            Err(FsError::Store(StoreError::Conflict)) => {
+                let mut undo = Tx::new();
+                undo.delete_entry(parent, name, inode.ino);
+                undo.drop_link(self, inode);
+                undo.commit(self).await?;
+                Err(FsError::NotFound)
+            }
+            Err(e) => {
+                // The entry stands; only the directory's times lag. Say so, do not fail a
+                // create that happened.
+                tracing::warn!(dir = parent, error = %e, "cannot update the directory after a create");
+                Ok(())
+            }
+        }
     }
 
     /// Create a regular file, fifo, socket or device node.

@@ -92,14 +92,25 @@ impl FsError {
             FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::Store(StoreError::Throttled(_)) => libc::EAGAIN,
             FsError::Store(
-                StoreError::Conflict | StoreError::NotFound(_) | StoreError::Backend { .. },
+                StoreError::Conflict
+                | StoreError::Contended
+                | StoreError::NotFound(_)
+                | StoreError::Backend { .. },
             ) => libc::EIO,
         }
     }
 
     /// Whether an optimistic attempt lost a race and should be retried.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, FsError::Store(StoreError::Conflict))
+        matches!(
+            self,
+            FsError::Store(StoreError::Conflict | StoreError::Contended)
+        )
+    }
+
+    /// Whether a transaction collided with a concurrent one (its conditions held).
+    pub fn is_contention(&self) -> bool {
+        matches!(self, FsError::Store(StoreError::Contended))
     }
 }
 

@@ -253,7 +253,7 @@ impl Fs {
                 Ok(format)
             }
             // Another client formatted it at the same moment: use theirs.
-            Err(StoreError::Conflict) => {
+            Err(StoreError::Conflict | StoreError::Contended) => {
                 let item = store
                     .get(&keys::format_key())
                     .await?
@@ -454,6 +454,15 @@ impl Fs {
                 return Ok(items);
             }
         }
+    }
+
+    /// Touch directory `dir` (times, version) with one single write, outside any
+    /// transaction. [`StoreError::Conflict`] if the directory no longer exists.
+    async fn touch_dir_now(&self, dir: u64) -> FsResult<()> {
+        let now = Timestamp::now();
+        self.store.write(tx::dir_touch(dir, now, 0)).await?;
+        self.cache.touch_dir(dir, now, 0);
+        Ok(())
     }
 
     /// Run one optimistic attempt until it commits without conflict. The attempt is

@@ -6,6 +6,11 @@
 //! expression (set the times, add to the link count and the version) conditioned only
 //! on its existence. No version read, no version conflict between two creates; the
 //! version still moves, so rmdir and other versioned writes of the directory notice.
+//!
+//! Even an atomic update makes the directory one item in every transaction there, and
+//! DynamoDB cancels transactions that overlap on an item. In a directory where this
+//! client saw that happen ("contended"), creates and unlinks of files commit without
+//! the directory and touch it with a single write instead (see `create.rs`, `remove.rs`).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +18,25 @@ use super::{Fs, FsResult};
 use crate::keys;
 use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
 use crate::store::{Condition, Item, Key, Value, WriteOp, VERSION_ATTR};
+
+/// The atomic update of a directory whose entries change at `now`: times set, link
+/// count and version added to, conditioned only on the directory still existing.
+pub(super) fn dir_touch(dir: u64, now: Timestamp, nlink_delta: i64) -> WriteOp {
+    let mut set = Item::default();
+    let time: Value = serde_dynamo::to_attribute_value(now).expect("timestamps serialize");
+    set.insert("mtime".into(), time.clone());
+    set.insert("ctime".into(), time);
+    let mut add = vec![(VERSION_ATTR.to_string(), 1)];
+    if nlink_delta != 0 {
+        add.push(("nlink".to_string(), nlink_delta));
+    }
+    WriteOp::Update {
+        key: keys::inode_key(dir),
+        set,
+        add,
+        cond: Condition::Present,
+    }
+}
 
 /// Files up to this size have their blocks deleted in the transaction that deletes them.
 const SMALL_DELETE_BYTES: u64 = 64 * 1024;

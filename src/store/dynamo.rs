@@ -485,11 +485,11 @@ fn classify_transaction(
                 .iter()
                 .filter_map(|r| r.code())
                 .collect();
-            if codes
-                .iter()
-                .any(|c| *c == "ConditionalCheckFailed" || *c == "TransactionConflict")
-            {
+            if codes.contains(&"ConditionalCheckFailed") {
                 return StoreError::Conflict;
+            }
+            if codes.contains(&"TransactionConflict") {
+                return StoreError::Contended;
             }
             if codes
                 .iter()

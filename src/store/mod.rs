@@ -208,9 +208,13 @@ pub struct Page {
 /// Errors every backend speaks.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
-    /// A condition did not hold, or a transaction collided with another writer.
+    /// A condition did not hold.
     #[error("conditional write failed")]
     Conflict,
+    /// A transaction collided with another transaction or write on one of its items
+    /// (DynamoDB's `TransactionConflict`): nothing was wrong with its conditions.
+    #[error("transaction collided with a concurrent write")]
+    Contended,
     /// The table (or the whole store) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
