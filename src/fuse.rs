@@ -246,6 +246,7 @@ impl Filesystem for DynamoFuse {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.rt.block_on(self.fs.write_all_held());
         if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
             tracing::warn!(error = %e, "cannot remove the session record");
         }
@@ -656,13 +657,19 @@ impl Filesystem for DynamoFuse {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are committed to the store before their call returns.
-        reply.ok();
+        // Entries are committed before their call returns; held attribute changes are not.
+        self.run(
+            "fsyncdir",
+            ino.0,
+            reply,
+            move |fs| async move { fs.fsyncdir(ino.0).await },
+            |r, ()| r.ok(),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -94,6 +94,15 @@ impl MetaCache {
             .map(|c| c.value.clone())
     }
 
+    /// The inode as last seen, however long ago.
+    pub(super) fn inode_any_age(&self, ino: u64) -> Option<Inode> {
+        self.inodes
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .map(|c| c.value.clone())
+    }
+
     /// Remember an inode as just read or written.
     pub(super) fn put_inode(&self, inode: &Inode) {
         let mut cache = self.inodes.lock().unwrap();
@@ -166,6 +175,20 @@ impl MetaCache {
             ver,
         };
         listings.insert(dir, Cached::new(listing));
+    }
+
+    /// The complete listing of `dir`, if this client holds one from within `entry_ttl`.
+    pub(super) fn fresh_listing(&self, dir: u64) -> Option<Vec<(Vec<u8>, Entry)>> {
+        let listings = self.listings.lock().unwrap();
+        let listing = listings.get(&dir)?;
+        (listing.at.elapsed() < self.entry_ttl).then(|| {
+            listing
+                .value
+                .entries
+                .iter()
+                .map(|(name, entry)| (name.clone(), *entry))
+                .collect()
+        })
     }
 
     /// How many entries the last listing of `dir` had, fresh or not.

@@ -40,7 +40,14 @@ impl Fs {
                 let node = &node;
                 async move {
                     let detached = node.kind != FileKind::Dir && self.cache.is_contended(parent);
-                    let dir = self.load_dir(parent, fresh).await?;
+                    // The transaction's condition on the parent is what makes a create
+                    // right; of the parent's record only its setgid bit and group are
+                    // used, so a first attempt may take it from the cache however old.
+                    let cached = self.cache.inode_any_age(parent).filter(|_| !fresh);
+                    let dir = match cached {
+                        Some(dir) if dir.kind == FileKind::Dir => dir,
+                        _ => self.load_dir(parent, fresh).await?,
+                    };
                     if dir.nlink == 0 {
                         return Err(FsError::NotFound);
                     }

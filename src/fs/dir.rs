@@ -2,11 +2,13 @@
 //!
 //! A directory handle lists the directory once, when it is read from offset 0, and
 //! serves later offsets from that snapshot: offsets stay stable however the directory
-//! changes meanwhile (rewinddir takes a new snapshot). Listing also reads the inodes
-//! of the entries in batches, so the lookups of an `ls -l` that follows hit the cache.
+//! changes meanwhile (rewinddir takes a new snapshot). A complete listing this client
+//! holds from within `entry_ttl` is served without a query, as lookups are. Listing
+//! also reads the inodes of the entries not cached in batches, so the lookups of an
+//! `ls -l` that follows hit the cache.
 
 use super::{DirEntry, Fs, FsError, FsResult, Handle};
-use crate::keys::{self, decode_name, inode_key};
+use crate::keys::{self, decode_name, encode_name, inode_key};
 use crate::records::{from_item, Entry, FileKind, Inode};
 use crate::store::{SortKey, Table};
 
@@ -67,8 +69,24 @@ impl Fs {
                 name: b"..".to_vec(),
             },
         ];
-        listing.extend(self.list_entries(ino, Some(dir.ver)).await?);
-        for batch in listing[2..].chunks(PREFETCH_BATCH) {
+        match self.cache.fresh_listing(ino) {
+            Some(mut entries) => {
+                // In the order the store lists them.
+                entries.sort_by_cached_key(|(name, _)| encode_name(name));
+                listing.extend(entries.into_iter().map(|(name, e)| DirEntry {
+                    ino: e.ino,
+                    kind: e.kind,
+                    name,
+                }));
+            }
+            None => listing.extend(self.list_entries(ino, Some(dir.ver)).await?),
+        }
+        let uncached: Vec<DirEntry> = listing[2..]
+            .iter()
+            .filter(|e| self.cache.inode(e.ino).is_none())
+            .cloned()
+            .collect();
+        for batch in uncached.chunks(PREFETCH_BATCH) {
             self.prefetch_inodes(batch).await?;
         }
         Ok(listing)

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, StreamExt};
 
 use super::blocks::PARALLEL_BLOCKS;
+use super::held::AttrDelta;
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
@@ -31,30 +32,12 @@ const LAST_SEEN_LIMIT: usize = 100_000;
 /// which at this size is little).
 const SMALL_FLUSH_BYTES: usize = 64 * 1024;
 
-/// Attribute changes held with a file's unflushed writes, committed with them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct HeldAttrs {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    atime: Timestamp,
-}
-
-impl HeldAttrs {
-    fn apply(&self, inode: &mut Inode) {
-        inode.mode = self.mode;
-        inode.uid = self.uid;
-        inode.gid = self.gid;
-        inode.atime = self.atime;
-    }
-}
-
 /// What getattr must show of an open file beyond its stored inode.
 #[derive(Clone, Copy)]
 struct PendingView {
     size: u64,
     mtime: Option<Timestamp>,
-    held: Option<HeldAttrs>,
+    held: Option<AttrDelta>,
 }
 
 /// The answer to open: the handle, and whether the kernel may keep its page cache.
@@ -72,10 +55,10 @@ pub(super) struct FileData {
     stored: Inode,
     /// Current size, including unflushed writes.
     size: u64,
-    /// Set when unflushed writes (or a held utimens) changed the modification time.
+    /// Set when unflushed writes changed the modification time.
     mtime: Option<Timestamp>,
     /// Attribute changes held until the next flush.
-    held: Option<HeldAttrs>,
+    held: Option<AttrDelta>,
     dirty: BTreeMap<u64, Vec<u8>>,
     dirty_bytes: usize,
     clean: BTreeMap<u64, Arc<Vec<u8>>>,
@@ -202,15 +185,9 @@ impl FileData {
         inode
     }
 
-    /// Hold the attributes of `new` (the file as a setattr changed it) until the next flush.
-    pub(super) fn hold_attrs(&mut self, new: &Inode) {
-        self.held = Some(HeldAttrs {
-            mode: new.mode,
-            uid: new.uid,
-            gid: new.gid,
-            atime: new.atime,
-        });
-        self.mtime = Some(new.mtime);
+    /// Hold `delta` (a setattr's change) until the next flush.
+    pub(super) fn hold_attrs(&mut self, delta: AttrDelta) {
+        self.held = Some(self.held.unwrap_or_default().then(delta));
     }
 
     pub(super) fn set_stored(&mut self, inode: Inode) {
@@ -378,6 +355,7 @@ impl Fs {
         }
         data.size = data.size.max(end);
         data.mtime = Some(Timestamp::now());
+        data.held = data.held.map(AttrDelta::without_times);
         self.files.set_pending(ino, &data);
         if data.dirty_bytes > self.config.dirty_limit {
             self.flush_data(&mut data).await?;
@@ -442,6 +420,8 @@ impl Fs {
             restore(data, with_inode, inline_block);
             return Err(e.into());
         }
+        // Changes held while the file had nothing to flush are older than its writes.
+        let earlier = self.held.take(ino);
         let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
         let (with_inode_ref, inline_ref) = (&with_inode, &inline_block);
@@ -477,6 +457,9 @@ impl Fs {
                     };
                     let now = tx.now();
                     let new = tx.update(&inode);
+                    if let Some(earlier) = earlier {
+                        earlier.apply(new);
+                    }
                     new.inline = inline;
                     new.size = size;
                     new.mtime = mtime.unwrap_or(new.mtime);
@@ -507,6 +490,9 @@ impl Fs {
             }
             Err(e) => {
                 restore(data, with_inode, inline_block);
+                if let Some(earlier) = earlier {
+                    self.held.hold(ino, earlier);
+                }
                 return Err(e);
             }
             Ok(updated) => updated,
@@ -522,12 +508,13 @@ impl Fs {
         Ok(())
     }
 
-    /// Write back this client's buffered writes of `ino`, if it has the file open.
+    /// Write back this client's buffered writes of `ino`, if it has the file open, and
+    /// the attribute changes it holds.
     pub(super) async fn flush_open_file(&self, ino: u64) -> FsResult<()> {
-        match self.files.data(ino) {
-            Some(data) => self.flush_data(&mut *data.lock().await).await,
-            None => Ok(()),
+        if let Some(data) = self.files.data(ino) {
+            self.flush_data(&mut *data.lock().await).await?;
         }
+        self.write_held(ino).await
     }
 
     /// Forget what this client cached of `ino` (attributes and clean blocks), so that
@@ -551,9 +538,15 @@ impl Fs {
         self.flush_data(&mut data).await
     }
 
-    /// Make the file's writes durable in the store.
+    /// Make the file's writes and attribute changes durable in the store.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await
+        let (ino, _, _) = self.file_handle(fh)?;
+        self.flush_open_file(ino).await
+    }
+
+    /// Make a directory's held attribute changes durable (its entries always are).
+    pub async fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        self.write_held(ino).await
     }
 
     /// Close a handle; the last close of an unlinked file deletes it and its data.

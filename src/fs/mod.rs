@@ -18,6 +18,7 @@ mod dir;
 pub mod error;
 mod file;
 mod fsck;
+mod held;
 mod locks;
 mod lookup;
 mod remove;
@@ -145,6 +146,7 @@ pub struct Fs {
     config: FsConfig,
     next_inodes: tokio::sync::Mutex<(u64, u64)>,
     cache: cache::MetaCache,
+    held: held::HeldChanges,
     files: file::OpenFiles,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -200,6 +202,7 @@ impl Fs {
             format,
             config,
             cache,
+            held: held::HeldChanges::default(),
             next_inodes: tokio::sync::Mutex::new((0, 0)),
             files: file::OpenFiles::default(),
             handles: Mutex::new(HashMap::new()),
@@ -316,8 +319,8 @@ impl Fs {
 
     /// An inode as the caller should see it: mount overrides applied and the size
     /// and mtime of unflushed writes of this client included.
-    fn present(&self, mut inode: Inode) -> Inode {
-        self.files.overlay(&mut inode);
+    fn present(&self, inode: Inode) -> Inode {
+        let mut inode = self.present_raw(inode);
         if let Some(uid) = self.config.uid {
             inode.uid = uid;
         }
@@ -327,6 +330,14 @@ impl Fs {
         if let Some(umask) = self.config.umask {
             inode.mode &= !umask;
         }
+        inode
+    }
+
+    /// An inode as this client changed it: with held attribute changes and unflushed
+    /// size and mtime, but none of the mount's owner and mode overrides.
+    fn present_raw(&self, mut inode: Inode) -> Inode {
+        self.held.overlay(&mut inode);
+        self.files.overlay(&mut inode);
         inode
     }
 
@@ -462,6 +473,7 @@ impl Fs {
         let now = Timestamp::now();
         self.store.write(tx::dir_touch(dir, now, 0)).await?;
         self.cache.touch_dir(dir, now, 0);
+        self.held.superseded_times(dir);
         Ok(())
     }
 

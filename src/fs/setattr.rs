@@ -1,5 +1,6 @@
 //! setattr: chmod, chown, truncate and utimens.
 
+use super::held::AttrDelta;
 use super::tx::Tx;
 use super::{is_owner, Caller, Fs, FsError, FsResult};
 use crate::keys;
@@ -109,10 +110,10 @@ impl Fs {
 
     /// Change attributes of `ino`, with the ownership rules of chmod, chown and utimens.
     ///
-    /// On a file this client holds unflushed writes of, changes other than the size are
-    /// held with those writes and committed with them (at close, fsync, a lock or
-    /// unmount): the chown, chmod and utimens that `tar` and `cp -a` make on a file
-    /// they just wrote cost no request of their own.
+    /// Changes other than the size are held and merged (see `held.rs`): on a file this
+    /// client holds unflushed writes of, until those are flushed; otherwise for a moment.
+    /// So the chown, chmod and utimens that `tar` and `cp -a` make in a row cost one
+    /// write, or none beyond the file's flush.
     pub async fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> FsResult<Inode> {
         self.check_writable()?;
         let open = self.files.data(ino);
@@ -120,24 +121,37 @@ impl Fs {
             Some(data) => Some(data.lock().await),
             None => None,
         };
-        if let Some(data) = data
-            .as_mut()
-            .filter(|d| attr.size.is_none() && d.has_unflushed())
-        {
-            let new = changed(caller, &data.view(), attr, Timestamp::now())?;
-            data.hold_attrs(&new);
-            self.files.set_pending(ino, data);
-            return Ok(self.present(new));
+        if attr.size.is_none() {
+            if let Some(data) = data.as_mut().filter(|d| d.has_unflushed()) {
+                let view = self.present_raw(data.view());
+                let new = changed(caller, &view, attr, Timestamp::now())?;
+                data.hold_attrs(AttrDelta::between(&view, &new));
+                self.files.set_pending(ino, data);
+                return Ok(self.present(new));
+            }
+            if data.is_none() {
+                let view = self.present_raw(self.load_inode(ino, false).await?);
+                let new = changed(caller, &view, attr, Timestamp::now())?;
+                if self.hold_attrs(ino, AttrDelta::between(&view, &new)) {
+                    return Ok(self.present(new));
+                }
+            }
         }
-        // Unflushed writes first, so a truncation cuts them too and the size we start from is real.
+        // Unflushed writes first, so a truncation cuts them too and the size we start from
+        // is real; held changes go with this write.
         if let Some(data) = data.as_mut() {
             self.flush_data(data).await?;
         }
+        let earlier = self.held.take(ino);
         let inode = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
+                let mut view = inode.clone();
+                if let Some(earlier) = earlier {
+                    earlier.apply(&mut view);
+                }
                 let mut tx = Tx::new();
-                let mut new = changed(caller, &inode, attr, tx.now())?;
+                let mut new = changed(caller, &view, attr, tx.now())?;
                 if new.size < inode.size {
                     self.cut_data(&mut tx, &inode, &mut new).await?;
                 }

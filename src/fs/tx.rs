@@ -299,6 +299,7 @@ impl Tx {
         }
         for (dir, nlink_delta) in &self.touched {
             fs.cache.touch_dir(*dir, self.now, *nlink_delta);
+            fs.held.superseded_times(*dir);
         }
         let mut written = BTreeMap::new();
         for (ino, change) in self.inodes {

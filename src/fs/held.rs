@@ -1,0 +1,223 @@
+//! Attribute changes held back and merged.
+//!
+//! `tar` and `cp -a` finish every file and directory with a chown, a chmod and a
+//! utimens in a row. Written one by one, that is three requests for what one write
+//! holds. So a setattr that changes no size is checked at once, shown at once by this
+//! client, and written a moment later ([`HOLD`], never more than `attr_ttl`) together
+//! with whatever else changed meanwhile — other clients' attribute caches allow that
+//! much staleness anyway. Held changes are written before anything that promises
+//! durability or ordering: fsync, a lock, an unmount, a truncation, and the flush of a
+//! file's data. A file with unflushed writes holds its changes with those writes
+//! instead (see `file.rs`), with the same [`AttrDelta`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::tx::Tx;
+use super::{Fs, FsError, FsResult};
+use crate::records::{Inode, Timestamp};
+
+/// Longest a change is held before it is written (shorter when `attr_ttl` is).
+const HOLD: Duration = Duration::from_millis(200);
+
+/// The attributes a setattr changed, field by field, so that they apply on top of a
+/// fresher copy of the inode without undoing other changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct AttrDelta {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<Timestamp>,
+    mtime: Option<Timestamp>,
+    ctime: Option<Timestamp>,
+}
+
+fn differs<T: PartialEq>(old: T, new: T) -> Option<T> {
+    (old != new).then_some(new)
+}
+
+impl AttrDelta {
+    /// What turned `old` into `new`.
+    pub(super) fn between(old: &Inode, new: &Inode) -> Self {
+        AttrDelta {
+            mode: differs(old.mode, new.mode),
+            uid: differs(old.uid, new.uid),
+            gid: differs(old.gid, new.gid),
+            atime: differs(old.atime, new.atime),
+            mtime: differs(old.mtime, new.mtime),
+            ctime: differs(old.ctime, new.ctime),
+        }
+    }
+
+    /// This change followed by `later`.
+    pub(super) fn then(self, later: AttrDelta) -> Self {
+        AttrDelta {
+            mode: later.mode.or(self.mode),
+            uid: later.uid.or(self.uid),
+            gid: later.gid.or(self.gid),
+            atime: later.atime.or(self.atime),
+            mtime: later.mtime.or(self.mtime),
+            ctime: later.ctime.or(self.ctime),
+        }
+    }
+
+    /// Apply the change to `inode`.
+    pub(super) fn apply(&self, inode: &mut Inode) {
+        inode.mode = self.mode.unwrap_or(inode.mode);
+        inode.uid = self.uid.unwrap_or(inode.uid);
+        inode.gid = self.gid.unwrap_or(inode.gid);
+        inode.atime = self.atime.unwrap_or(inode.atime);
+        inode.mtime = self.mtime.unwrap_or(inode.mtime);
+        inode.ctime = self.ctime.unwrap_or(inode.ctime);
+    }
+
+    /// The change without its times (a later change of content or entries set newer ones).
+    pub(super) fn without_times(self) -> Self {
+        AttrDelta {
+            mtime: None,
+            ctime: None,
+            ..self
+        }
+    }
+}
+
+/// The changes held on this client, by inode, with when each was first held.
+#[derive(Default)]
+pub(super) struct HeldChanges {
+    held: Mutex<HashMap<u64, (AttrDelta, Instant)>>,
+    wake: tokio::sync::Notify,
+    /// Whether a flusher task writes held changes; without one nothing is held.
+    flusher: AtomicBool,
+}
+
+impl HeldChanges {
+    /// Hold `delta` for `ino`, merged after what is already held.
+    pub(super) fn hold(&self, ino: u64, delta: AttrDelta) {
+        let mut held = self.held.lock().unwrap();
+        let entry = held
+            .entry(ino)
+            .or_insert_with(|| (AttrDelta::default(), Instant::now()));
+        entry.0 = entry.0.then(delta);
+        self.wake.notify_one();
+    }
+
+    /// Take what is held for `ino`, to write it now.
+    pub(super) fn take(&self, ino: u64) -> Option<AttrDelta> {
+        self.held.lock().unwrap().remove(&ino).map(|(d, _)| d)
+    }
+
+    /// Show what is held for the inode on it.
+    pub(super) fn overlay(&self, inode: &mut Inode) {
+        if let Some((delta, _)) = self.held.lock().unwrap().get(&inode.ino) {
+            delta.apply(inode);
+        }
+    }
+
+    /// This client just changed the content or the entries of `ino` (new times):
+    /// held times are older and must not overwrite them.
+    pub(super) fn superseded_times(&self, ino: u64) {
+        if let Some((delta, _)) = self.held.lock().unwrap().get_mut(&ino) {
+            *delta = delta.without_times();
+        }
+    }
+
+    fn due(&self, hold: Duration) -> (Vec<(u64, AttrDelta)>, Option<Duration>) {
+        let mut held = self.held.lock().unwrap();
+        let due: Vec<u64> = held
+            .iter()
+            .filter(|(_, (_, since))| since.elapsed() >= hold)
+            .map(|(ino, _)| *ino)
+            .collect();
+        let taken = due
+            .into_iter()
+            .filter_map(|ino| held.remove(&ino).map(|(d, _)| (ino, d)))
+            .collect();
+        let next = held
+            .values()
+            .map(|(_, since)| hold.saturating_sub(since.elapsed()))
+            .min();
+        (taken, next)
+    }
+
+    fn all(&self) -> Vec<(u64, AttrDelta)> {
+        self.held
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(ino, (d, _))| (ino, d))
+            .collect()
+    }
+}
+
+impl Fs {
+    fn hold_time(&self) -> Duration {
+        HOLD.min(self.config.attr_ttl)
+    }
+
+    /// Hold `delta` for `ino` if a flusher will write it; false if it must be written now.
+    pub(super) fn hold_attrs(&self, ino: u64, delta: AttrDelta) -> bool {
+        if !self.held.flusher.load(Ordering::Relaxed) || self.hold_time().is_zero() {
+            return false;
+        }
+        self.held.hold(ino, delta);
+        true
+    }
+
+    /// Write what is held for `ino` now (fsync, locks, truncation).
+    pub(super) async fn write_held(&self, ino: u64) -> FsResult<()> {
+        match self.held.take(ino) {
+            Some(delta) => self.write_delta(ino, delta).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Write every held change (unmount).
+    pub async fn write_all_held(&self) {
+        for (ino, delta) in self.held.all() {
+            if let Err(e) = self.write_delta(ino, delta).await {
+                tracing::warn!(ino, error = %e, "cannot write held attribute changes");
+            }
+        }
+    }
+
+    async fn write_delta(&self, ino: u64, delta: AttrDelta) -> FsResult<()> {
+        let written = self
+            .optimistic(|fresh| async move {
+                let inode = self.load_inode(ino, fresh).await?;
+                let mut tx = Tx::new();
+                delta.apply(tx.update(&inode));
+                tx.commit(self).await.map(|_| ())
+            })
+            .await;
+        match written {
+            // Deleted meanwhile: nothing left to change.
+            Err(FsError::Stale) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Start the task that writes held attribute changes once their time is up. Until it
+    /// runs, setattr writes at once.
+    pub fn spawn_flusher(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        self.held.flusher.store(true, Ordering::Relaxed);
+        let fs = self.clone();
+        rt.spawn(async move {
+            loop {
+                let hold = fs.hold_time();
+                let (due, next) = fs.held.due(hold);
+                for (ino, delta) in due {
+                    if let Err(e) = fs.write_delta(ino, delta).await {
+                        tracing::warn!(ino, error = %e, "cannot write held attribute changes");
+                    }
+                }
+                let wait = next.unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = fs.held.wake.notified() => {}
+                }
+            }
+        });
+    }
+}
