@@ -1,274 +1,741 @@
-//! Benchmarks: throughput, operations per second and DynamoDB requests per operation
-//! of a real FUSE mount on DynamoDB Local, side by side with the raw store doing the
-//! same work in the same run. Run with `cargo bench --bench throughput` (as root:
-//! it mounts). Figures go to stdout; Testing.md records the latest ones.
+//! The benchmark: one table of every workload for both backends, with DynamoDB at 0 and
+//! 5 ms per request, each beside the raw store doing the same work in the same run.
+//!
+//! Run with `cargo bench --bench throughput` (release build, as root: it mounts). It
+//! starts DynamoDB Local and the simulator in front of it (which adds the latency and
+//! counts requests and capacity units), mounts each backend in this process, and
+//! prints the table that Testing.md records. Sizes: `DYNAMOFS_BENCH_MIB` (sequential
+//! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
+//! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamofs::cli::MountOptions;
 use dynamofs::fs::Fs;
 use dynamofs::mount;
-use dynamofs::store::dynamo::DynamoStore;
-use dynamofs::store::{Condition, Item, Key, Store, Value, WriteOp};
+use dynamofs::simulator::{SimConfig, Simulator};
+use dynamofs::store::embedded::EmbeddedStore;
+use dynamofs::store::{Condition, Item, Key, Store, Table, Value, WriteOp};
 use futures::stream::{self, StreamExt};
 
-const FILE_MIB: usize = 64;
 const BLOCK: usize = 256 * 1024;
-const FILES: usize = 300;
-const TREE: usize = 1000;
+const INLINE: usize = 64 * 1024;
+const RANDOM_FILE_MIB: usize = 64;
+const RANDOM_OPS: usize = 2000;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Requests and capacity units so far, from the simulator or the embedded store.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    requests: f64,
+    read_units: f64,
+    write_units: f64,
+}
+
+enum Meter {
+    Simulated(Arc<Simulator>),
+    Embedded(Arc<EmbeddedStore>),
+}
+
+impl Meter {
+    fn read(&self) -> Tally {
+        match self {
+            Meter::Simulated(sim) => {
+                let c = sim.counts();
+                Tally {
+                    requests: c.requests() as f64,
+                    read_units: c.read_units(),
+                    write_units: c.write_units(),
+                }
+            }
+            Meter::Embedded(store) => Tally {
+                requests: store.request_count() as f64,
+                ..Tally::default()
+            },
+        }
+    }
+}
+
+/// One measured run: units of work (entries, MiB, operations), time, and what it cost.
+#[derive(Clone, Copy)]
+struct Measured {
+    units: f64,
+    secs: f64,
+    cost: Tally,
+}
+
+impl Measured {
+    fn per_unit(&self) -> (f64, f64, f64, f64) {
+        (
+            self.units / self.secs,
+            self.cost.requests / self.units,
+            self.cost.read_units / self.units,
+            self.cost.write_units / self.units,
+        )
+    }
+}
+
+fn measure(meter: &Meter, units: usize, work: impl FnOnce()) -> Measured {
+    let before = meter.read();
+    let started = Instant::now();
+    work();
+    let secs = started.elapsed().as_secs_f64();
+    let after = meter.read();
+    Measured {
+        units: units as f64,
+        secs,
+        cost: Tally {
+            requests: after.requests - before.requests,
+            read_units: after.read_units - before.read_units,
+            write_units: after.write_units - before.write_units,
+        },
+    }
+}
 
 struct Row {
-    what: &'static str,
-    raw: Option<(f64, f64)>,
-    fs: (f64, f64),
+    workload: &'static str,
+    backend: String,
     unit: &'static str,
+    fs: Measured,
+    raw: Measured,
 }
 
-fn measure<T>(store: &DynamoStore, work: impl FnOnce() -> T) -> (T, Duration, u64) {
-    let before = store.request_count();
-    let started = Instant::now();
-    let out = work();
-    (out, started.elapsed(), store.request_count() - before)
+/// A dynamofs mount served by this process.
+struct InProcess {
+    dir: tempfile::TempDir,
+    serving: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
-fn drop_caches() {
+impl InProcess {
+    fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>) -> Self {
+        let options = MountOptions::default();
+        let fs = rt
+            .block_on(Fs::new(store, mount::fs_config(&options)))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let session = mount::start_session(
+            Arc::new(fs),
+            rt.handle().clone(),
+            "bench",
+            dir.path(),
+            &options,
+        )
+        .unwrap();
+        let serving = std::thread::spawn(move || session.run());
+        InProcess {
+            dir,
+            serving: Some(serving),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        mount::unmount(self.dir.path()).unwrap();
+        if let Some(serving) = self.serving.take() {
+            serving.join().unwrap().unwrap();
+        }
+    }
+}
+
+/// Cold caches: the kernel's page cache dropped and dynamofs's TTLs run out.
+fn go_cold() {
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    std::thread::sleep(Duration::from_millis(1100));
 }
 
-fn main() {
-    common::require_fuse();
-    common::dynamo_local();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    let raw = rt.block_on(common::dynamo_store("BenchRaw"));
-    let store = rt.block_on(common::dynamo_store("BenchFs"));
-    let options = MountOptions::default();
-    let fs = rt
-        .block_on(Fs::new(store.clone(), mount::fs_config(&options)))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let session = mount::start_session(
-        Arc::new(fs),
-        rt.handle().clone(),
-        "bench",
-        dir.path(),
-        &options,
-    )
-    .unwrap();
-    let serving = std::thread::spawn(move || session.run());
-    let mnt = dir.path();
-    let mut rows = Vec::new();
-    let data: Vec<u8> = (0..FILE_MIB * 1024 * 1024)
-        .map(|i| (i * 31 % 253) as u8)
+fn sh(script: &str) {
+    common::sh(script);
+}
+
+/// The tree every tool workload works on: tokio's source, as a tarball and as a list.
+struct Tree {
+    root: PathBuf,
+    tarball: PathBuf,
+    /// (directory, name, content or None for a directory), in walk order.
+    entries: Vec<(String, String, Option<Vec<u8>>)>,
+}
+
+fn tokio_tree(work: &Path) -> Tree {
+    let index = fs::read_dir(dirs_cargo().join("registry/src"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut found: Vec<PathBuf> = fs::read_dir(index)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tokio-1.")
+        })
         .collect();
+    found.sort();
+    let root = found.pop().expect("tokio's source in the cargo registry");
+    let tarball = work.join("tree.tar");
+    sh(&format!(
+        "tar -C '{}' -cf '{}' '{}'",
+        root.parent().unwrap().display(),
+        tarball.display(),
+        root.file_name().unwrap().to_string_lossy()
+    ));
+    let mut entries = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let rel = dir
+            .strip_prefix(root.parent().unwrap())
+            .unwrap()
+            .display()
+            .to_string();
+        let mut children: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let name = child.file_name().to_string_lossy().into_owned();
+            if child.file_type().unwrap().is_dir() {
+                entries.push((rel.clone(), name, None));
+                stack.push(child.path());
+            } else {
+                entries.push((rel.clone(), name, Some(fs::read(child.path()).unwrap())));
+            }
+        }
+    }
+    Tree {
+        root,
+        tarball,
+        entries,
+    }
+}
 
-    // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
-    let mut warm = File::create(mnt.join("warm-up")).unwrap();
-    warm.write_all(&data[..8 * 1024 * 1024]).unwrap();
-    warm.sync_all().unwrap();
-    drop(warm);
+fn dirs_cargo() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
+}
 
-    // Sequential write: raw puts of whole blocks, 16 in flight, against write(2) + close.
-    let (_, t_raw, n_raw) = measure(&raw, || {
-        rt.block_on(
-            stream::iter(data.chunks(BLOCK).enumerate().map(|(i, chunk)| {
-                let raw = raw.clone();
-                let mut item = Item::default();
-                item.insert("d".into(), Value::B(chunk.to_vec()));
+fn bytes_item(data: &[u8]) -> Item {
+    let mut item = Item::default();
+    item.insert("d".into(), Value::B(data.to_vec()));
+    item
+}
+
+fn put(key: Key, item: Item, cond: Condition) -> WriteOp {
+    WriteOp::Put { key, item, cond }
+}
+
+/// The raw store's share of every workload: the fewest requests the work needs, one
+/// after another where the tool goes one file after another.
+struct Raw<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: Arc<dyn Store>,
+    prefix: String,
+}
+
+impl Raw<'_> {
+    fn key(&self, dir: &str, name: &str) -> Key {
+        Key::meta(format!("{}:{dir}", self.prefix), name)
+    }
+
+    fn block_key(&self, file: &str, index: usize) -> Key {
+        Key::block(
+            format!("{}{file}:{}", self.prefix, index % 16),
+            index as u64,
+        )
+    }
+
+    /// Write one tree entry: a small file (or a directory) is one item; a larger one also
+    /// puts its blocks.
+    fn put_entry(&self, copy: &str, (dir, name, content): &(String, String, Option<Vec<u8>>)) {
+        let data = content.as_deref().unwrap_or_default();
+        let inline = &data[..data.len().min(INLINE)];
+        let key = self.key(&format!("{copy}{dir}"), name);
+        self.rt
+            .block_on(
+                self.store
+                    .write(put(key, bytes_item(inline), Condition::Absent)),
+            )
+            .unwrap();
+        if data.len() > INLINE {
+            for (i, chunk) in data.chunks(BLOCK).enumerate() {
+                let key = self.block_key(&format!("{copy}{dir}/{name}"), i);
+                self.rt
+                    .block_on(
+                        self.store
+                            .write(put(key, bytes_item(chunk), Condition::None)),
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    fn get_entry(&self, copy: &str, (dir, name, content): &(String, String, Option<Vec<u8>>)) {
+        let key = self.key(&format!("{copy}{dir}"), name);
+        self.rt.block_on(self.store.get(&key)).unwrap();
+        let len = content.as_ref().map_or(0, Vec::len);
+        if len > INLINE {
+            let keys: Vec<Key> = (0..len.div_ceil(BLOCK))
+                .map(|i| self.block_key(&format!("{copy}{dir}/{name}"), i))
+                .collect();
+            self.rt.block_on(self.store.batch_get(&keys)).unwrap();
+        }
+    }
+
+    fn delete_entry(&self, copy: &str, (dir, name, _): &(String, String, Option<Vec<u8>>)) {
+        let key = self.key(&format!("{copy}{dir}"), name);
+        self.rt
+            .block_on(self.store.write(WriteOp::Delete {
+                key,
+                cond: Condition::None,
+            }))
+            .unwrap();
+    }
+
+    fn list(&self, partition: &str) -> Vec<Key> {
+        let pk = format!("{}:{partition}", self.prefix);
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .rt
+                .block_on(self.store.query(Table::Meta, &pk, after.as_ref(), 1000))
+                .unwrap();
+            after = page.items.last().map(|(sk, _)| sk.clone());
+            keys.extend(page.items.into_iter().map(|(sk, _)| Key {
+                table: Table::Meta,
+                pk: pk.clone(),
+                sk,
+            }));
+            if !page.more {
+                return keys;
+            }
+        }
+    }
+
+    fn put_blocks(&self, file: &str, data: &[u8], size: usize) {
+        self.rt.block_on(
+            stream::iter(data.chunks(size).enumerate().map(|(i, chunk)| {
+                let key = self.block_key(file, i);
+                let store = self.store.clone();
                 async move {
-                    raw.write(WriteOp::Put {
-                        key: Key::block(format!("9:{}", i % 16), i as u64),
-                        item,
-                        cond: Condition::None,
-                    })
-                    .await
-                    .unwrap()
+                    store
+                        .write(put(key, bytes_item(chunk), Condition::None))
+                        .await
+                        .unwrap()
                 }
             }))
             .buffer_unordered(16)
             .collect::<Vec<()>>(),
-        )
+        );
+    }
+}
+
+/// Every workload on one mount and its raw twin; rows for the table.
+fn run_workloads(
+    backend: &str,
+    rt: &tokio::runtime::Runtime,
+    mnt: &Path,
+    raw: &Raw,
+    meters: (&Meter, &Meter),
+    tree: &Tree,
+    ls_dir: &str,
+) -> Vec<Row> {
+    let (meter, raw_meter) = meters;
+    let mut rows = Vec::new();
+    let mut row = |workload, unit, fs: Measured, raw: Measured| {
+        println!("  {backend:<16} {workload:<22} done in {:.1} s", fs.secs);
+        rows.push(Row {
+            workload,
+            backend: backend.to_string(),
+            unit,
+            fs,
+            raw,
+        })
+    };
+    let tag = backend.replace(' ', "");
+    let base = mnt.join(&tag);
+    fs::create_dir_all(&base).unwrap();
+    let name = tree
+        .root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let entries = tree.entries.len();
+    let dirs: Vec<String> = {
+        let mut d: Vec<String> = tree.entries.iter().map(|(dir, ..)| dir.clone()).collect();
+        d.dedup();
+        d
+    };
+
+    let fs_run = measure(meter, entries, || {
+        sh(&format!(
+            "tar -C '{}' -xf '{}'",
+            base.display(),
+            tree.tarball.display()
+        ))
     });
-    let (_, t_fs, n_fs) = measure(&store, || {
-        let mut f = File::create(mnt.join("big")).unwrap();
+    let raw_run = measure(raw_meter, entries, || {
+        tree.entries.iter().for_each(|e| raw.put_entry(&tag, e))
+    });
+    row("tar x (per entry)", "entries/s", fs_run, raw_run);
+
+    go_cold();
+    let fs_run = measure(meter, entries, || {
+        sh(&format!("ls -lR '{}/{name}' > /dev/null", base.display()))
+    });
+    let raw_run = measure(raw_meter, entries, || {
+        for dir in &dirs {
+            raw.list(&format!("{tag}{dir}"));
+        }
+    });
+    row("ls -lR, cold", "entries/s", fs_run, raw_run);
+
+    go_cold();
+    let fs_run = measure(meter, entries, || {
+        sh(&format!(
+            "find '{}/{name}' -type f -print0 | xargs -0 cat > /dev/null",
+            base.display()
+        ))
+    });
+    let raw_run = measure(raw_meter, entries, || {
+        tree.entries.iter().for_each(|e| raw.get_entry(&tag, e))
+    });
+    row("cat every file, cold", "entries/s", fs_run, raw_run);
+
+    let fs_run = measure(meter, entries, || {
+        sh(&format!(
+            "cp -a '{}/{name}' '{}/copy'",
+            base.display(),
+            base.display()
+        ))
+    });
+    let raw_run = measure(raw_meter, entries, || {
+        for e in &tree.entries {
+            raw.get_entry(&tag, e);
+            raw.put_entry(&format!("{tag}copy"), e);
+        }
+    });
+    row("cp -a", "entries/s", fs_run, raw_run);
+    sh(&format!(
+        "diff -r '{}' '{}/copy'",
+        tree.root.display(),
+        base.display()
+    ));
+
+    let fs_run = measure(meter, entries, || {
+        sh(&format!("rm -rf '{}/copy'", base.display()))
+    });
+    let raw_run = measure(raw_meter, entries, || {
+        tree.entries
+            .iter()
+            .for_each(|e| raw.delete_entry(&format!("{tag}copy"), e))
+    });
+    row("rm -rf", "entries/s", fs_run, raw_run);
+
+    let mib = env_or("DYNAMOFS_BENCH_MIB", 256);
+    let data: Vec<u8> = (0..mib * 1024 * 1024)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    let big = base.join("big");
+    let fs_run = measure(meter, mib, || {
+        let mut f = File::create(&big).unwrap();
         for chunk in data.chunks(1024 * 1024) {
             f.write_all(chunk).unwrap();
         }
         f.sync_all().unwrap();
     });
-    let mib = FILE_MIB as f64;
-    rows.push(Row {
-        what: "sequential write",
-        raw: Some((mib / t_raw.as_secs_f64(), n_raw as f64 / mib)),
-        fs: (mib / t_fs.as_secs_f64(), n_fs as f64 / mib),
-        unit: "MiB/s | req/MiB",
+    let raw_run = measure(raw_meter, mib, || {
+        raw.put_blocks(&format!("{tag}big"), &data, BLOCK)
     });
+    row("sequential write", "MiB/s", fs_run, raw_run);
 
-    // Sequential read, cold caches.
-    let (_, t_raw, n_raw) = measure(&raw, || {
-        let keys: Vec<Key> = (0..data.len() / BLOCK)
-            .map(|i| Key::block(format!("9:{}", i % 16), i as u64))
+    go_cold();
+    let mut back = Vec::new();
+    let fs_run = measure(meter, mib, || {
+        File::open(&big).unwrap().read_to_end(&mut back).unwrap();
+    });
+    assert!(back == data, "read back what was written");
+    drop(back);
+    let raw_run = measure(raw_meter, mib, || {
+        let keys: Vec<Key> = (0..data.len().div_ceil(BLOCK))
+            .map(|i| raw.block_key(&format!("{tag}big"), i))
             .collect();
         for batch in keys.chunks(16) {
-            rt.block_on(raw.batch_get(batch)).unwrap();
+            rt.block_on(raw.store.batch_get(batch)).unwrap();
         }
     });
-    drop_caches();
-    let (read, t_fs, n_fs) = measure(&store, || {
-        let mut buf = Vec::new();
-        File::open(mnt.join("big"))
-            .unwrap()
-            .read_to_end(&mut buf)
-            .unwrap();
-        buf
-    });
-    assert!(read == data, "read back what was written");
-    rows.push(Row {
-        what: "sequential read (cold)",
-        raw: Some((mib / t_raw.as_secs_f64(), n_raw as f64 / mib)),
-        fs: (mib / t_fs.as_secs_f64(), n_fs as f64 / mib),
-        unit: "MiB/s | req/MiB",
-    });
+    row("sequential read, cold", "MiB/s", fs_run, raw_run);
+    fs::remove_file(&big).unwrap();
 
-    // Creates of empty files: a raw conditional put per name, against open(O_CREAT|O_EXCL) + close.
-    let (_, t_raw, n_raw) = measure(&raw, || {
-        for i in 0..FILES {
-            let mut item = Item::default();
-            item.insert("ino".into(), Value::N(i.to_string()));
-            rt.block_on(raw.write(WriteOp::Put {
-                key: Key::meta("d:bench", format!("f{i}")),
-                item,
-                cond: Condition::Absent,
+    let random = base.join("random");
+    let random_len = RANDOM_FILE_MIB * 1024 * 1024;
+    {
+        let mut f = File::create(&random).unwrap();
+        f.write_all(&data[..random_len.min(data.len())]).unwrap();
+        f.set_len(random_len as u64).unwrap();
+        f.sync_all().unwrap();
+    }
+    raw.put_blocks(
+        &format!("{tag}random"),
+        &data[..random_len.min(data.len())],
+        4096,
+    );
+    let offsets: Vec<u64> = (0..RANDOM_OPS as u64)
+        .map(|i| (i * 2_654_435_761 % (random_len as u64 / 4096)) * 4096)
+        .collect();
+    go_cold();
+    let fs_run = measure(meter, RANDOM_OPS, || {
+        let f = File::open(&random).unwrap();
+        let mut buf = [0u8; 4096];
+        for off in &offsets {
+            f.read_exact_at(&mut buf, *off).unwrap();
+        }
+    });
+    let raw_run = measure(raw_meter, RANDOM_OPS, || {
+        for off in &offsets {
+            let key = raw.block_key(&format!("{tag}random"), (*off / 4096) as usize);
+            rt.block_on(raw.store.get(&key)).unwrap();
+        }
+    });
+    row("4 KiB random read", "ops/s", fs_run, raw_run);
+    let fs_run = measure(meter, RANDOM_OPS, || {
+        let f = File::options().write(true).open(&random).unwrap();
+        for off in &offsets {
+            f.write_all_at(&[7u8; 4096], *off).unwrap();
+        }
+        f.sync_all().unwrap();
+    });
+    let raw_run = measure(raw_meter, RANDOM_OPS, || {
+        for off in &offsets {
+            let key = raw.block_key(&format!("{tag}random"), (*off / 4096) as usize);
+            rt.block_on(
+                raw.store
+                    .write(put(key, bytes_item(&[7u8; 4096]), Condition::None)),
+            )
+            .unwrap();
+        }
+    });
+    row("4 KiB random write+fsync", "ops/s", fs_run, raw_run);
+    drop(data);
+
+    let files = env_or("DYNAMOFS_BENCH_FILES", 2000);
+    let many = base.join("many");
+    fs::create_dir(&many).unwrap();
+    let fs_run = measure(meter, files, || {
+        for i in 0..files {
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(many.join(format!("f{i}")))
+                .unwrap();
+        }
+    });
+    let raw_key = |i: usize| raw.key(&format!("{tag}many"), &format!("f{i}"));
+    let raw_run = measure(raw_meter, files, || {
+        for i in 0..files {
+            rt.block_on(
+                raw.store
+                    .write(put(raw_key(i), Item::default(), Condition::Absent)),
+            )
+            .unwrap();
+        }
+    });
+    row("create empty file", "ops/s", fs_run, raw_run);
+    go_cold();
+    let fs_run = measure(meter, files, || {
+        for i in 0..files {
+            fs::metadata(many.join(format!("f{i}"))).unwrap();
+        }
+    });
+    let raw_run = measure(raw_meter, files, || {
+        for i in 0..files {
+            rt.block_on(raw.store.get(&raw_key(i))).unwrap();
+        }
+    });
+    row("stat, cache expired", "ops/s", fs_run, raw_run);
+    let fs_run = measure(meter, files, || {
+        for i in 0..files {
+            fs::remove_file(many.join(format!("f{i}"))).unwrap();
+        }
+    });
+    let raw_run = measure(raw_meter, files, || {
+        for i in 0..files {
+            rt.block_on(raw.store.write(WriteOp::Delete {
+                key: raw_key(i),
+                cond: Condition::None,
             }))
             .unwrap();
         }
     });
-    fs::create_dir(mnt.join("files")).unwrap();
-    let (_, t_fs, n_fs) = measure(&store, || {
-        for i in 0..FILES {
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(mnt.join(format!("files/f{i}")))
-                .unwrap();
-        }
-    });
-    let n = FILES as f64;
-    rows.push(Row {
-        what: "create empty file",
-        raw: Some((n / t_raw.as_secs_f64(), n_raw as f64 / n)),
-        fs: (n / t_fs.as_secs_f64(), n_fs as f64 / n),
-        unit: "ops/s | req/op",
-    });
+    row("unlink", "ops/s", fs_run, raw_run);
 
-    // ls -l: a raw query of the partition plus a batch get of the inodes, against readdir + stat of each entry.
-    let (_, t_raw, n_raw) = measure(&raw, || {
-        let page = rt
-            .block_on(raw.query(dynamofs::store::Table::Meta, "d:bench", None, 1000))
-            .unwrap();
-        let keys: Vec<Key> = page
-            .items
-            .iter()
-            .map(|(sk, _)| {
-                Key::meta(
-                    "d:bench",
-                    match sk {
-                        dynamofs::store::SortKey::S(s) => s.clone(),
-                        _ => unreachable!(),
-                    },
-                )
-            })
-            .collect();
-        rt.block_on(raw.batch_get(&keys)).unwrap();
-    });
-    std::thread::sleep(Duration::from_millis(1100));
-    let (_, t_fs, n_fs) = measure(&store, || {
-        for entry in fs::read_dir(mnt.join("files")).unwrap() {
+    let dir_entries = fs::read_dir(mnt.join(ls_dir)).unwrap().count();
+    go_cold();
+    let fs_run = measure(meter, dir_entries, || {
+        for entry in fs::read_dir(mnt.join(ls_dir)).unwrap() {
             entry.unwrap().metadata().unwrap();
         }
     });
-    rows.push(Row {
-        what: "ls -l (per entry)",
-        raw: Some((n / t_raw.as_secs_f64(), n_raw as f64 / n)),
-        fs: (n / t_fs.as_secs_f64(), n_fs as f64 / n),
-        unit: "entries/s | req/entry",
-    });
-
-    // stat of a cached-out file: raw get against stat(2) after the attribute TTL.
-    let (_, t_raw, n_raw) = measure(&raw, || {
-        for i in 0..FILES {
-            rt.block_on(raw.get(&Key::meta("d:bench", format!("f{i}"))))
-                .unwrap();
+    let raw_run = measure(raw_meter, dir_entries, || {
+        let keys = raw.list(ls_dir);
+        for chunk in keys.chunks(100) {
+            rt.block_on(raw.store.batch_get(chunk)).unwrap();
         }
     });
-    std::thread::sleep(Duration::from_millis(1100));
-    let (_, t_fs, n_fs) = measure(&store, || {
-        for i in 0..FILES {
-            fs::metadata(mnt.join(format!("files/f{i}"))).unwrap();
-        }
-    });
-    rows.push(Row {
-        what: "stat (cache expired)",
-        raw: Some((n / t_raw.as_secs_f64(), n_raw as f64 / n)),
-        fs: (n / t_fs.as_secs_f64(), n_fs as f64 / n),
-        unit: "ops/s | req/op",
-    });
+    row("ls -l, big directory", "entries/s", fs_run, raw_run);
+    rows
+}
 
-    // Rename of a directory: empty, and holding TREE descendants.
-    fs::create_dir(mnt.join("empty")).unwrap();
-    fs::create_dir_all(mnt.join("tree/sub")).unwrap();
-    for i in 0..TREE - 1 {
-        File::create(mnt.join(format!("tree/sub/f{i}"))).unwrap();
+/// A directory of `n` empty files, made at full speed, for the `ls -l` workload.
+fn big_directory(rt: &tokio::runtime::Runtime, mnt: &Path, raw: &Raw, n: usize) -> String {
+    let dir = "wide";
+    fs::create_dir(mnt.join(dir)).unwrap();
+    for i in 0..n {
+        File::create(mnt.join(format!("{dir}/f{i:05}"))).unwrap();
     }
-    // Both after the caches expired, so that both pay the same lookups.
-    std::thread::sleep(Duration::from_millis(1100));
-    let (_, t_empty, n_empty) = measure(&store, || {
-        fs::rename(mnt.join("empty"), mnt.join("empty2")).unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(1100));
-    let (_, t_tree, n_tree) = measure(&store, || {
-        fs::rename(mnt.join("tree"), mnt.join("tree2")).unwrap()
-    });
-    rows.push(Row {
-        what: "rename empty dir",
-        raw: None,
-        fs: (1.0 / t_empty.as_secs_f64(), n_empty as f64),
-        unit: "ops/s | req/op",
-    });
-    rows.push(Row {
-        what: "rename dir, 1000 descendants",
-        raw: None,
-        fs: (1.0 / t_tree.as_secs_f64(), n_tree as f64),
-        unit: "ops/s | req/op",
-    });
-
-    mount::unmount(mnt).unwrap();
-    serving.join().unwrap().unwrap();
-
-    println!(
-        "\ndynamofs benchmark on DynamoDB Local ({} MiB file, {FILES} files, {TREE}-entry tree)",
-        FILE_MIB
+    rt.block_on(
+        stream::iter((0..n).map(|i| {
+            let key = raw.key(dir, &format!("f{i:05}"));
+            let store = raw.store.clone();
+            async move {
+                store
+                    .write(put(key, Item::default(), Condition::None))
+                    .await
+                    .unwrap()
+            }
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<()>>(),
     );
+    dir.to_string()
+}
+
+fn print_table(rows: &[Row]) {
     println!(
-        "{:<30} {:>14} {:>10} {:>14} {:>10}  unit",
-        "operation", "raw store", "raw req", "dynamofs", "fs req"
+        "\n| workload | backend | dynamofs | req/unit | RCU/unit | WCU/unit | raw store | raw req/unit | raw RCU/unit | raw WCU/unit | unit |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let (raw_rate, raw_req) = r.raw.map_or(("-".to_string(), "-".to_string()), |(a, b)| {
-            (format!("{a:.1}"), format!("{b:.2}"))
-        });
+        let (rate, req, rcu, wcu) = r.fs.per_unit();
+        let (raw_rate, raw_req, raw_rcu, raw_wcu) = r.raw.per_unit();
         println!(
-            "{:<30} {:>14} {:>10} {:>14.1} {:>10.2}  {}",
-            r.what, raw_rate, raw_req, r.fs.0, r.fs.1, r.unit
+            "| {} | {} | {rate:.1} | {req:.2} | {rcu:.2} | {wcu:.2} | {raw_rate:.1} | {raw_req:.2} | {raw_rcu:.2} | {raw_wcu:.2} | {} |",
+            r.workload, r.backend, r.unit
         );
     }
+}
+
+fn main() {
+    common::require_fuse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let tree = tokio_tree(work.path());
+    let dir_entries = env_or("DYNAMOFS_BENCH_DIR", 10_000);
+    let mut rows = Vec::new();
+
+    // DynamoDB Local behind the simulator: at 0 ms, then at 5 ms per request.
+    let sim = Arc::new(
+        Simulator::start(
+            common::dynamo_local().addr(),
+            SimConfig {
+                latency: Duration::ZERO,
+                ..SimConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let connect = |prefix: &str| -> Arc<dyn Store> {
+        let mut config = common::dynamo_config(&common::unique_table(prefix));
+        config.endpoint = Some(sim.endpoint());
+        Arc::new(
+            rt.block_on(dynamofs::store::dynamo::DynamoStore::connect(&config))
+                .unwrap(),
+        )
+    };
+    let raw = Raw {
+        rt: &rt,
+        store: connect("BenchRaw"),
+        prefix: "r".into(),
+    };
+    let mount = InProcess::new(&rt, connect("BenchFs"));
+    let meter = Meter::Simulated(sim.clone());
+    let meters = (&meter, &meter);
+    // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
+    sh(&format!(
+        "tar -C '{}' -xf '{}'",
+        mount.path().display(),
+        tree.tarball.display()
+    ));
+    let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
+    for (label, latency) in [("DynamoDB 0 ms", 0), ("DynamoDB 5 ms", 5)] {
+        sim.configure(|c| c.latency = Duration::from_millis(latency));
+        println!("{label}:");
+        rows.extend(run_workloads(
+            label,
+            &rt,
+            mount.path(),
+            &raw,
+            meters,
+            &tree,
+            &wide,
+        ));
+    }
+    drop(mount);
+
+    // The embedded store: one local file each for dynamofs and the raw side.
+    let fs_store = Arc::new(EmbeddedStore::open(&work.path().join("fs.db")).unwrap());
+    let raw_store = Arc::new(EmbeddedStore::open(&work.path().join("raw.db")).unwrap());
+    let raw = Raw {
+        rt: &rt,
+        store: raw_store.clone(),
+        prefix: "r".into(),
+    };
+    let mount = InProcess::new(&rt, fs_store.clone());
+    let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
+    println!("embedded:");
+    let meters = (&Meter::Embedded(fs_store), &Meter::Embedded(raw_store));
+    rows.extend(run_workloads(
+        "embedded",
+        &rt,
+        mount.path(),
+        &raw,
+        meters,
+        &tree,
+        &wide,
+    ));
+    drop(mount);
+
+    println!(
+        "\ndynamofs benchmark: tokio {} ({} entries), {} MiB sequential, {RANDOM_OPS} random 4 KiB ops on {RANDOM_FILE_MIB} MiB, {} files, {dir_entries}-entry directory",
+        tree.root.file_name().unwrap().to_string_lossy(),
+        tree.entries.len(),
+        env_or("DYNAMOFS_BENCH_MIB", 256),
+        env_or("DYNAMOFS_BENCH_FILES", 2000),
+    );
+    print_table(&rows);
 }

@@ -511,30 +511,37 @@ impl Shared {
         None
     }
 
-    /// Send the request to DynamoDB Local on this connection's own upstream connection.
+    /// Send the request to DynamoDB Local on this connection's own upstream connection,
+    /// on a new one if DynamoDB Local closed the old one while it was idle.
     fn forward(
         &self,
         head: &[u8],
         body: &[u8],
         upstream: &mut Option<(BufReader<TcpStream>, TcpStream)>,
     ) -> Option<(bool, Vec<u8>)> {
-        if upstream.is_none() {
-            let stream = TcpStream::connect(self.upstream).ok()?;
-            let _ = stream.set_nodelay(true);
-            *upstream = Some((BufReader::new(stream.try_clone().ok()?), stream));
-        }
-        let (reader, writer) = upstream.as_mut()?;
         let mut request = head.to_vec();
         request.extend_from_slice(body);
-        if writer.write_all(&request).is_err() {
-            *upstream = None;
-            return None;
+        for _ in 0..2 {
+            if upstream.is_none() {
+                let stream = TcpStream::connect(self.upstream).ok()?;
+                let _ = stream.set_nodelay(true);
+                *upstream = Some((BufReader::new(stream.try_clone().ok()?), stream));
+            }
+            let (reader, writer) = upstream.as_mut()?;
+            let answered = writer
+                .write_all(&request)
+                .ok()
+                .and_then(|()| read_message(reader));
+            let Some((head, _, body)) = answered else {
+                *upstream = None;
+                continue;
+            };
+            let ok = head.starts_with(b"HTTP/1.1 200");
+            let mut response = head;
+            response.extend_from_slice(&body);
+            return Some((ok, response));
         }
-        let (head, _, body) = read_message(reader)?;
-        let ok = head.starts_with(b"HTTP/1.1 200");
-        let mut response = head;
-        response.extend_from_slice(&body);
-        Some((ok, response))
+        None
     }
 
     /// Charge the capacity a successful request consumed, to its action and its partitions.

@@ -20,6 +20,7 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
+use aws_smithy_types::retry::ErrorKind;
 
 use super::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp, VERSION_ATTR};
 use crate::retry::{retry, Policy};
@@ -90,7 +91,13 @@ fn classify<
             _ => StoreError::fatal(text),
         },
         SdkError::ResponseError(_) | SdkError::TimeoutError(_) => StoreError::transient(text),
-        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+        // A connection dropped before the answer (an idle keep-alive closed by the
+        // endpoint or a load balancer) is an "other" failure the SDK marks transient.
+        SdkError::DispatchFailure(failure)
+            if failure.is_io()
+                || failure.is_timeout()
+                || failure.as_other() == Some(ErrorKind::TransientError) =>
+        {
             StoreError::transient(text)
         }
         _ => StoreError::fatal(text),

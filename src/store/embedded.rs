@@ -6,6 +6,7 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -20,6 +21,7 @@ const ITEMS: TableDefinition<(u8, &str, &[u8]), &[u8]> = TableDefinition::new("i
 /// A [`Store`] kept in one local file.
 pub struct EmbeddedStore {
     db: Database,
+    requests: AtomicU64,
 }
 
 impl EmbeddedStore {
@@ -34,7 +36,20 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(ITEMS).map_err(backend)?;
         txn.commit().map_err(backend)?;
-        Ok(EmbeddedStore { db })
+        Ok(EmbeddedStore {
+            db,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Store calls served so far (a batch get or a transaction counts once), for
+    /// benchmarks that compare it with DynamoDB's request counts.
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -160,6 +175,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        self.count();
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(ITEMS).map_err(backend)?;
         keys.iter()
@@ -180,6 +196,7 @@ impl Store for EmbeddedStore {
         after: Option<&SortKey>,
         limit: usize,
     ) -> Result<Page, StoreError> {
+        self.count();
         let txn = self.db.begin_read().map_err(backend)?;
         let items = txn.open_table(ITEMS).map_err(backend)?;
         let id = table_id(table);
@@ -209,11 +226,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.count();
         super::check_write(&op)?;
         self.commit_all(std::slice::from_ref(&op))
     }
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.count();
         super::check_transaction(&ops)?;
         self.commit_all(&ops)
     }
@@ -224,6 +243,7 @@ impl Store for EmbeddedStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<(Vec<Key>, bool), StoreError> {
+        self.count();
         let txn = self.db.begin_read().map_err(backend)?;
         let items = txn.open_table(ITEMS).map_err(backend)?;
         let id = table_id(table);
@@ -255,6 +275,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
+        self.count();
         let txn = self.db.begin_write().map_err(backend)?;
         let update = WriteOp::Update {
             key: key.clone(),
