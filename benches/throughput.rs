@@ -4,7 +4,8 @@
 //! Run with `cargo bench --bench throughput` (release build, as root: it mounts). It
 //! starts DynamoDB Local and the simulator in front of it (which adds the latency and
 //! counts requests and capacity units), mounts each backend in this process, and
-//! prints the table that Testing.md records. Sizes: `DYNAMOFS_BENCH_MIB` (sequential
+//! prints the table that Testing.md records, then a sweep of block sizes (64, 128,
+//! 256, 384 KiB: throughput, requests and capacity units per MiB). Sizes: `DYNAMOFS_BENCH_MIB` (sequential
 //! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
 //! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
 
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamofs::cli::MountOptions;
-use dynamofs::fs::Fs;
+use dynamofs::fs::{Fs, FsConfig, DEFAULT_BLOCK_SIZE};
 use dynamofs::mount;
 use dynamofs::simulator::{SimConfig, Simulator};
 use dynamofs::store::embedded::EmbeddedStore;
@@ -121,11 +122,14 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>) -> Self {
+    /// Mount `store`, formatting it with `block_size` if it is new.
+    fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, block_size: u64) -> Self {
         let options = MountOptions::default();
-        let fs = rt
-            .block_on(Fs::new(store, mount::fs_config(&options)))
-            .unwrap();
+        let config = FsConfig {
+            block_size,
+            ..mount::fs_config(&options)
+        };
+        let fs = rt.block_on(Fs::new(store, config)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let session = mount::start_session(
             Arc::new(fs),
@@ -631,6 +635,65 @@ fn big_directory(rt: &tokio::runtime::Runtime, mnt: &Path, raw: &Raw, n: usize) 
     dir.to_string()
 }
 
+/// Sequential write and read of `SWEEP_MIB` and random 4 KiB writes, per block size,
+/// at 0 and 5 ms: the figures the default block size was chosen by.
+fn block_size_sweep(
+    rt: &tokio::runtime::Runtime,
+    sim: &Arc<Simulator>,
+    connect: &dyn Fn(&str) -> Arc<dyn Store>,
+) {
+    const SWEEP_MIB: usize = 64;
+    const SWEEP_RANDOM: usize = 500;
+    let meter = Meter::Simulated(sim.clone());
+    let data: Vec<u8> = (0..SWEEP_MIB * 1024 * 1024)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    let mut lines = vec![
+        "| block size | latency | write MiB/s | write req/MiB | write WCU/MiB | read MiB/s | read req/MiB | read RCU/MiB | random 4 KiB write WCU/op |".to_string(),
+        "|---|---|---|---|---|---|---|---|---|".to_string(),
+    ];
+    for kib in [64u64, 128, 256, 384] {
+        let mount = InProcess::new(rt, connect("Sweep"), kib * 1024);
+        for latency in [0, 5] {
+            sim.configure(|c| c.latency = Duration::from_millis(latency));
+            let path = mount.path().join(format!("f{latency}"));
+            let write = measure(&meter, SWEEP_MIB, || {
+                let mut f = File::create(&path).unwrap();
+                f.write_all(&data).unwrap();
+                f.sync_all().unwrap();
+            });
+            go_cold();
+            let read = measure(&meter, SWEEP_MIB, || {
+                let mut back = Vec::new();
+                File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+                assert!(back == data, "read back what was written");
+            });
+            let random = measure(&meter, SWEEP_RANDOM, || {
+                let f = File::options().write(true).open(&path).unwrap();
+                for i in 0..SWEEP_RANDOM as u64 {
+                    let off = (i * 2_654_435_761 % (data.len() as u64 / 4096)) * 4096;
+                    f.write_all_at(&[1u8; 4096], off).unwrap();
+                }
+                f.sync_all().unwrap();
+            });
+            let (w_rate, w_req, _, w_wcu) = write.per_unit();
+            let (r_rate, r_req, r_rcu, _) = read.per_unit();
+            let (_, _, _, rand_wcu) = random.per_unit();
+            println!("  block size {kib} KiB at {latency} ms done");
+            lines.push(format!(
+                "| {kib} KiB | {latency} ms | {w_rate:.1} | {w_req:.2} | {w_wcu:.0} | {r_rate:.1} | {r_req:.2} | {r_rcu:.0} | {rand_wcu:.0} |"
+            ));
+        }
+    }
+    sim.configure(|c| c.latency = Duration::ZERO);
+    println!(
+        "\nblock size sweep ({SWEEP_MIB} MiB sequential, {SWEEP_RANDOM} random 4 KiB writes):"
+    );
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "\n| workload | backend | dynamofs | req/unit | RCU/unit | WCU/unit | raw store | raw req/unit | raw RCU/unit | raw WCU/unit | unit |"
@@ -682,7 +745,7 @@ fn main() {
         store: connect("BenchRaw"),
         prefix: "r".into(),
     };
-    let mount = InProcess::new(&rt, connect("BenchFs"));
+    let mount = InProcess::new(&rt, connect("BenchFs"), DEFAULT_BLOCK_SIZE);
     let meter = Meter::Simulated(sim.clone());
     let meters = (&meter, &meter);
     // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
@@ -706,6 +769,7 @@ fn main() {
         ));
     }
     drop(mount);
+    block_size_sweep(&rt, &sim, &connect);
 
     // The embedded store: one local file each for dynamofs and the raw side.
     let fs_store = Arc::new(EmbeddedStore::open(&work.path().join("fs.db")).unwrap());
@@ -715,7 +779,7 @@ fn main() {
         store: raw_store.clone(),
         prefix: "r".into(),
     };
-    let mount = InProcess::new(&rt, fs_store.clone());
+    let mount = InProcess::new(&rt, fs_store.clone(), DEFAULT_BLOCK_SIZE);
     let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
     println!("embedded:");
     let meters = (&Meter::Embedded(fs_store), &Meter::Embedded(raw_store));

@@ -63,6 +63,16 @@ pub(super) struct FileData {
     dirty_bytes: usize,
     clean: BTreeMap<u64, Arc<Vec<u8>>>,
     next_read: u64,
+    /// Changes with every change of content or identity, never repeating across files,
+    /// so a read that fetched without the lock knows whether what it fetched still fits.
+    generation: u64,
+}
+
+/// Source of [`FileData::generation`] values.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 pub(super) struct FileHandle {
@@ -155,11 +165,13 @@ impl FileData {
             dirty_bytes: 0,
             clean: BTreeMap::new(),
             next_read: 0,
+            generation: next_generation(),
         }
     }
 
     /// Forget buffered data past `size` after a truncation.
     pub(super) fn truncate(&mut self, size: u64, block_size: u64) {
+        self.generation = next_generation();
         self.size = size;
         let keep_blocks = size.div_ceil(block_size);
         self.dirty.retain(|idx, _| *idx < keep_blocks);
@@ -191,6 +203,7 @@ impl FileData {
     }
 
     pub(super) fn set_stored(&mut self, inode: Inode) {
+        self.generation = next_generation();
         self.stored = inode;
     }
 }
@@ -258,55 +271,66 @@ impl Fs {
         Ok(Opened { fh, keep_cache })
     }
 
-    /// Read up to `size` bytes at `offset`.
+    /// Read up to `size` bytes at `offset`. Missing blocks (and a readahead window when
+    /// reading sequentially) are fetched without holding the file, so other readers and
+    /// writers of it go on meanwhile; if the file changed during the fetch, the read
+    /// starts over rather than cache what may be older than the change.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (_, _, data) = self.file_handle(fh)?;
-        let mut data = data.lock().await;
-        let end = (offset + size as u64).min(data.size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
+        let (_, _, handle_data) = self.file_handle(fh)?;
         let bs = self.format.block_size;
-        let (first, last) = (offset / bs, (end - 1) / bs);
-        let mut wanted: Vec<u64> = (first..=last)
-            .filter(|i| !data.dirty.contains_key(i) && !data.clean.contains_key(i))
-            .collect();
-        if offset == data.next_read && !wanted.is_empty() {
-            let stored_blocks = data.stored.size.div_ceil(bs);
-            wanted.extend(
-                (last + 1..stored_blocks.min(last + 1 + READAHEAD_BLOCKS))
-                    .filter(|i| !data.dirty.contains_key(i) && !data.clean.contains_key(i)),
-            );
-        }
-        if !wanted.is_empty() {
-            let (stored, size_now) = (data.stored.clone(), data.size);
-            let fetched = self.fetch_blocks(&stored, &wanted, size_now).await?;
-            if data.clean.len() + fetched.len() > CLEAN_BLOCKS {
-                data.clean.clear();
+        loop {
+            let mut data = handle_data.lock().await;
+            let end = (offset + size as u64).min(data.size);
+            if offset >= end {
+                return Ok(Vec::new());
             }
-            for (idx, block) in fetched {
-                data.clean.insert(idx, Arc::new(block));
-            }
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        for idx in first..=last {
-            let block = data
-                .dirty
-                .get(&idx)
-                .map(Vec::as_slice)
-                .or_else(|| data.clean.get(&idx).map(|b| b.as_slice()));
-            let Some(block) = block else { continue };
-            let block_start = idx * bs;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + block.len() as u64);
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                    &block[(from - block_start) as usize..(to - block_start) as usize],
+            let (first, last) = (offset / bs, (end - 1) / bs);
+            let missing = |data: &FileData, i: &u64| {
+                !data.dirty.contains_key(i) && !data.clean.contains_key(i)
+            };
+            let mut wanted: Vec<u64> = (first..=last).filter(|i| missing(&data, i)).collect();
+            if offset == data.next_read && !wanted.is_empty() {
+                let stored_blocks = data.stored.size.div_ceil(bs);
+                wanted.extend(
+                    (last + 1..stored_blocks.min(last + 1 + READAHEAD_BLOCKS))
+                        .filter(|i| missing(&data, i)),
                 );
             }
+            if !wanted.is_empty() {
+                let (stored, size_now, seen) = (data.stored.clone(), data.size, data.generation);
+                drop(data);
+                let fetched = self.fetch_blocks(&stored, &wanted, size_now).await?;
+                data = handle_data.lock().await;
+                if data.generation != seen {
+                    continue;
+                }
+                if data.clean.len() + fetched.len() > CLEAN_BLOCKS {
+                    data.clean.clear();
+                }
+                for (idx, block) in fetched {
+                    data.clean.insert(idx, Arc::new(block));
+                }
+            }
+            let mut out = vec![0u8; (end - offset) as usize];
+            for idx in first..=last {
+                let block = data
+                    .dirty
+                    .get(&idx)
+                    .map(Vec::as_slice)
+                    .or_else(|| data.clean.get(&idx).map(|b| b.as_slice()));
+                let Some(block) = block else { continue };
+                let block_start = idx * bs;
+                let from = offset.max(block_start);
+                let to = end.min(block_start + block.len() as u64);
+                if from < to {
+                    out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                        &block[(from - block_start) as usize..(to - block_start) as usize],
+                    );
+                }
+            }
+            data.next_read = end;
+            return Ok(out);
         }
-        data.next_read = end;
-        Ok(out)
     }
 
     /// Write `buf` at `offset` (at the end of the file for O_APPEND handles).
@@ -354,6 +378,7 @@ impl Fs {
             data.clean.remove(&idx);
         }
         data.size = data.size.max(end);
+        data.generation = next_generation();
         data.mtime = Some(Timestamp::now());
         data.held = data.held.map(AttrDelta::without_times);
         self.files.set_pending(ino, &data);
@@ -372,6 +397,7 @@ impl Fs {
         let ino = data.stored.ino;
         let bs = self.format.block_size;
         let size = data.size;
+        data.generation = next_generation();
         let mut dirty = std::mem::take(&mut data.dirty);
         for (idx, block) in dirty.iter_mut() {
             block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);

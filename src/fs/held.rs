@@ -221,3 +221,59 @@ impl Fs {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::FileKind;
+
+    fn inode() -> Inode {
+        let t = Timestamp { s: 1, n: 0 };
+        Inode {
+            ino: 5,
+            kind: FileKind::File,
+            mode: 0o600,
+            uid: 1,
+            gid: 1,
+            size: 0,
+            nlink: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            parent: 0,
+            target: Vec::new(),
+            xattrs: Default::default(),
+            inline: false,
+            ver: 1,
+        }
+    }
+
+    #[test]
+    fn deltas_merge_field_by_field_and_apply_on_fresher_copies() {
+        let old = inode();
+        let chmod = Inode {
+            mode: 0o644,
+            ..old.clone()
+        };
+        let chown = Inode {
+            uid: 7,
+            ..chmod.clone()
+        };
+        let merged = AttrDelta::between(&old, &chmod).then(AttrDelta::between(&chmod, &chown));
+        // Another client changed the size meanwhile: the merged change keeps it.
+        let mut fresher = Inode {
+            size: 99,
+            ver: 2,
+            ..old.clone()
+        };
+        merged.apply(&mut fresher);
+        assert_eq!((fresher.mode, fresher.uid, fresher.size), (0o644, 7, 99));
+        let touched = Inode {
+            mtime: Timestamp { s: 5, n: 0 },
+            ..old.clone()
+        };
+        let without = AttrDelta::between(&old, &touched).without_times();
+        assert_eq!(without, AttrDelta::default());
+    }
+}

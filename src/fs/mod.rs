@@ -53,8 +53,11 @@ use crate::store::{Condition, Item, SortKey, Store, StoreError, Table, WriteOp};
 
 /// Longest file name, in bytes.
 pub const NAME_MAX: usize = 255;
-/// Default data block size for new filesystems.
+/// Default data block size for new filesystems (chosen by the sweep in Testing.md).
 pub const DEFAULT_BLOCK_SIZE: u64 = 256 * 1024;
+/// Largest block size: a block and its item's key and attribute names stay under
+/// DynamoDB's 400 KB item limit.
+pub const MAX_BLOCK_SIZE: u64 = 384 * 1024;
 /// Default number of partitions the blocks of one file are spread over.
 pub const DEFAULT_STRIPES: u64 = 16;
 const INODE_BATCH: u64 = 1024;
@@ -82,6 +85,9 @@ pub struct FsConfig {
     pub dirty_limit: usize,
     /// Owner of the root directory when the filesystem is first formatted.
     pub root_owner: (u32, u32),
+    /// Bytes per data block when this mount formats a new filesystem (an existing one
+    /// keeps the size its format record names). At most [`MAX_BLOCK_SIZE`].
+    pub block_size: u64,
 }
 
 impl Default for FsConfig {
@@ -95,6 +101,7 @@ impl Default for FsConfig {
             umask: None,
             dirty_limit: 16 * 1024 * 1024,
             root_owner: (0, 0),
+            block_size: DEFAULT_BLOCK_SIZE,
         }
     }
 }
@@ -216,7 +223,7 @@ impl Fs {
     async fn format(store: &dyn Store, config: &FsConfig) -> FsResult<Format> {
         let format = Format {
             version: FORMAT_VERSION,
-            block_size: DEFAULT_BLOCK_SIZE,
+            block_size: config.block_size.clamp(4096, MAX_BLOCK_SIZE),
             stripes: DEFAULT_STRIPES,
         };
         let now = Timestamp::now();
