@@ -186,6 +186,16 @@ impl FileData {
         !self.dirty.is_empty() || self.mtime.is_some() || self.held.is_some()
     }
 
+    /// Keep a block as it is stored, for later reads and partial writes; past
+    /// [`CLEAN_BLOCKS`] the lowest-numbered one goes (sequential readers and writers
+    /// are done with it).
+    fn keep_clean(&mut self, idx: u64, block: Vec<u8>) {
+        if self.clean.len() >= CLEAN_BLOCKS && !self.clean.contains_key(&idx) {
+            self.clean.pop_first();
+        }
+        self.clean.insert(idx, Arc::new(block));
+    }
+
     /// The file as this client sees it: the stored inode with what is not flushed yet.
     pub(super) fn view(&self) -> Inode {
         let mut inode = self.stored.clone();
@@ -260,7 +270,7 @@ impl Fs {
                 *data = FileData::new(inode);
             }
             if let Some(block) = inline.filter(|_| !data.dirty.contains_key(&0)) {
-                data.clean.insert(0, Arc::new(block));
+                data.keep_clean(0, block);
             }
         }
         let fh = self.new_handle(Handle::File(FileHandle {
@@ -296,19 +306,21 @@ impl Fs {
                         .filter(|i| missing(&data, i)),
                 );
             }
+            let mut fetched = BTreeMap::new();
             if !wanted.is_empty() {
                 let (stored, size_now, seen) = (data.stored.clone(), data.size, data.generation);
                 drop(data);
-                let fetched = self.fetch_blocks(&stored, &wanted, size_now).await?;
+                fetched = self
+                    .fetch_blocks(&stored, &wanted, size_now)
+                    .await?
+                    .into_iter()
+                    .collect();
                 data = handle_data.lock().await;
                 if data.generation != seen {
                     continue;
                 }
-                if data.clean.len() + fetched.len() > CLEAN_BLOCKS {
-                    data.clean.clear();
-                }
-                for (idx, block) in fetched {
-                    data.clean.insert(idx, Arc::new(block));
+                for (idx, block) in &fetched {
+                    data.keep_clean(*idx, block.clone());
                 }
             }
             let mut out = vec![0u8; (end - offset) as usize];
@@ -316,6 +328,7 @@ impl Fs {
                 let block = data
                     .dirty
                     .get(&idx)
+                    .or_else(|| fetched.get(&idx))
                     .map(Vec::as_slice)
                     .or_else(|| data.clean.get(&idx).map(|b| b.as_slice()));
                 let Some(block) = block else { continue };
@@ -426,9 +439,7 @@ impl Fs {
         let mut failure = None;
         for (idx, block, result) in written {
             match result {
-                Ok(()) => {
-                    data.clean.insert(idx, Arc::new(block));
-                }
+                Ok(()) => data.keep_clean(idx, block),
                 Err(e) => {
                     // Keep it dirty: a later flush tries again.
                     data.dirty.insert(idx, block);
@@ -524,7 +535,7 @@ impl Fs {
             Ok(updated) => updated,
         };
         for (idx, block) in with_inode.into_iter().chain(inline_block.map(|b| (0, b))) {
-            data.clean.insert(idx, Arc::new(block));
+            data.keep_clean(idx, block);
         }
         data.dirty_bytes = 0;
         data.stored = updated;
