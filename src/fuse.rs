@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
@@ -138,6 +138,7 @@ error_reply!(
     ReplyCreate,
     ReplyData,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
     ReplyLock,
@@ -175,6 +176,27 @@ pub fn to_file_attr(inode: &Inode, blksize: u32) -> FileAttr {
         uid: inode.uid,
         gid: inode.gid,
         rdev: inode.rdev,
+        blksize,
+        flags: 0,
+    }
+}
+
+/// The attributes of an entry whose inode was not read: only its number and kind.
+fn bare_attr(ino: u64, kind: FileKind, blksize: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(kind),
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
         blksize,
         flags: 0,
     }
@@ -223,6 +245,10 @@ fn lock_kind(typ: i32) -> Result<Option<LockKind>, Errno> {
 
 impl Filesystem for DynamoFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Listings carry the attributes they already read, so `ls -l` needs no lookups.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::warn!(?missing, "the kernel does not offer readdirplus");
+        }
         // Send fcntl and flock locks to us, so that they hold across clients.
         if self.fs.session_id().is_some() {
             if let Err(missing) =
@@ -634,6 +660,40 @@ impl Filesystem for DynamoFuse {
                         file_type(entry.kind),
                         OsStr::from_bytes(&entry.name),
                     ) {
+                        break;
+                    }
+                }
+                r.ok()
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let blksize = self.fs.format_record().block_size as u32;
+        let config = self.fs.config();
+        let ttl = config.attr_ttl.min(config.entry_ttl);
+        self.run(
+            "readdirplus",
+            ino.0,
+            reply,
+            move |fs| async move { fs.readdirplus(ino.0, fh.0, offset).await },
+            move |mut r, entries| {
+                for (i, (entry, inode)) in entries.iter().enumerate() {
+                    let next = offset + i as u64 + 1;
+                    // Without attributes at hand, an entry the kernel must look up itself.
+                    let (attr, ttl) = match inode {
+                        Some(inode) => (to_file_attr(inode, blksize), ttl),
+                        None => (bare_attr(entry.ino, entry.kind, blksize), Duration::ZERO),
+                    };
+                    let name = OsStr::from_bytes(&entry.name);
+                    if r.add(INodeNo(entry.ino), next, name, &ttl, &attr, Generation(0)) {
                         break;
                     }
                 }

@@ -47,6 +47,24 @@ impl Fs {
         Ok(listing.into_iter().skip(offset as usize).collect())
     }
 
+    /// As [`Fs::readdir`], with the attributes of each entry when this client has them
+    /// fresh (a listing reads them along), for the kernel's readdirplus.
+    pub async fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> FsResult<Vec<(DirEntry, Option<Inode>)>> {
+        let entries = self.readdir(ino, fh, offset).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let inode = self.cache.inode(e.ino).map(|i| self.present(i));
+                (e, inode)
+            })
+            .collect())
+    }
+
     /// Close a directory handle.
     pub fn releasedir(&self, fh: u64) {
         self.handles.lock().unwrap().remove(&fh);
