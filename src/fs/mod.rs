@@ -6,10 +6,15 @@
 //! conflict through [`crate::retry`]. The first attempt may use cached records; a
 //! retry always reads fresh ones.
 //!
-//! Caches: inode records and directory entries are kept for `attr_ttl`/`entry_ttl`
-//! (other clients' changes become visible within that time); `open` always reads the
-//! inode fresh (close-to-open consistency); file data of open files is buffered per
-//! inode and written back on flush, fsync and close.
+//! The rooms that are not operations:
+//! - `cache.rs`, the metadata cache: inodes, entries and complete directory listings,
+//!   each trusted for `attr_ttl`/`entry_ttl` (`open` always reads the inode fresh:
+//!   close-to-open consistency);
+//! - `held.rs`, attribute changes held back for a moment and merged;
+//! - `file.rs`, open files and their write buffers, written back on flush, fsync and
+//!   close;
+//! - `blocks.rs`, block I/O: blocks, inline data of small files, cleanups;
+//! - `tx.rs`, one optimistic transaction.
 
 mod blocks;
 mod cache;

@@ -245,21 +245,7 @@ impl Tx {
             });
         }
         for (dir, nlink_delta) in &self.touched {
-            let mut set = Item::default();
-            let now: Value =
-                serde_dynamo::to_attribute_value(self.now).expect("timestamps serialize");
-            set.insert("mtime".into(), now.clone());
-            set.insert("ctime".into(), now);
-            let mut add = vec![(VERSION_ATTR.to_string(), 1)];
-            if *nlink_delta != 0 {
-                add.push(("nlink".to_string(), *nlink_delta));
-            }
-            ops.push(WriteOp::Update {
-                key: keys::inode_key(*dir),
-                set,
-                add,
-                cond: Condition::Present,
-            });
+            ops.push(dir_touch(*dir, self.now, *nlink_delta));
         }
         for (key, keep) in &self.orphan_records {
             ops.push(match keep {

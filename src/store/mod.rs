@@ -6,8 +6,9 @@
 //! ([`Item`]) so that records serialize once, through `serde_dynamo`, for every backend.
 //!
 //! The operations are the ones DynamoDB offers and the filesystem needs: get, batch
-//! get, a query of one partition in sort-key order, a conditional single write, an
-//! all-or-nothing transaction of conditional writes, and an atomic counter. Each
+//! get, a query of one partition in sort-key order, a conditional single write (put,
+//! atomic update or delete), an all-or-nothing transaction of conditional writes, and
+//! an atomic counter. Each
 //! backend only decides what counts as a conflict; [`StoreError`] is the common vocabulary.
 
 pub mod dynamo;
