@@ -21,6 +21,11 @@ use tracing::Instrument;
 use crate::fs::{Caller, Fs, FsError, LockRange, Opened, RenameMode, SetAttr, SetTime, XattrMode};
 use crate::records::{FileKind, Inode, LockKind};
 
+/// Entries prepared per readdirplus call: more than the kernel's reply buffer takes
+/// (about 30), so one call rarely comes up short, few enough that the attributes to
+/// re-read fit in two batch gets.
+const READDIRPLUS_BATCH: usize = 128;
+
 /// The fuser [`Filesystem`] over a [`Fs`].
 pub struct DynamoFuse {
     fs: Arc<Fs>,
@@ -683,7 +688,7 @@ impl Filesystem for DynamoFuse {
             "readdirplus",
             ino.0,
             reply,
-            move |fs| async move { fs.readdirplus(ino.0, fh.0, offset).await },
+            move |fs| async move { fs.readdirplus(ino.0, fh.0, offset, READDIRPLUS_BATCH).await },
             move |mut r, entries| {
                 for (i, (entry, inode)) in entries.iter().enumerate() {
                     let next = offset + i as u64 + 1;

@@ -7,6 +7,8 @@
 //! also reads the inodes of the entries not cached in batches, so the lookups of an
 //! `ls -l` that follows hit the cache.
 
+use std::sync::Arc;
+
 use super::{DirEntry, Fs, FsError, FsResult, Handle};
 use crate::keys::{self, decode_name, encode_name, inode_key};
 use crate::records::{from_item, Entry, FileKind, Inode};
@@ -15,9 +17,23 @@ use crate::store::{SortKey, Table};
 /// Inodes read per batch get while listing (DynamoDB's batch limit).
 const PREFETCH_BATCH: usize = 100;
 
+/// A part of a directory handle's snapshot, without copying the rest.
+struct SnapshotSlice {
+    listing: Arc<Vec<DirEntry>>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for SnapshotSlice {
+    type Target = [DirEntry];
+
+    fn deref(&self) -> &[DirEntry] {
+        &self.listing[self.range.clone()]
+    }
+}
+
 #[derive(Default)]
 pub(super) struct DirHandle {
-    snapshot: Option<Vec<DirEntry>>,
+    snapshot: Option<Arc<Vec<DirEntry>>>,
 }
 
 impl Fs {
@@ -29,6 +45,50 @@ impl Fs {
 
     /// Entries from position `offset` on; entry `i` of the answer has offset `offset + i + 1`.
     pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        Ok(self
+            .snapshot_from(ino, fh, offset, usize::MAX)
+            .await?
+            .to_vec())
+    }
+
+    /// At most `max` entries from position `offset` on, as [`Fs::readdir`], each with its
+    /// attributes, for the kernel's readdirplus. A listing long enough to take more than
+    /// `attr_ttl` to hand out would otherwise give the kernel expired attributes (or
+    /// none): the expired ones among these few are read again with one batch get.
+    pub async fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<(DirEntry, Option<Inode>)>> {
+        let entries = self.snapshot_from(ino, fh, offset, max).await?;
+        let expired: Vec<DirEntry> = entries
+            .iter()
+            .filter(|e| e.name != b"." && e.name != b".." && self.cache.inode(e.ino).is_none())
+            .cloned()
+            .collect();
+        for batch in expired.chunks(PREFETCH_BATCH) {
+            self.prefetch_inodes(batch).await?;
+        }
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let inode = self.cache.inode(e.ino).map(|i| self.present(i));
+                (e.clone(), inode)
+            })
+            .collect())
+    }
+
+    /// Up to `max` entries of the handle's snapshot from `offset` on, listing the
+    /// directory first when read from offset 0.
+    async fn snapshot_from(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<SnapshotSlice> {
         let cached = match self.handles.lock().unwrap().get(&fh) {
             Some(Handle::Dir(h)) if offset > 0 => h.snapshot.clone(),
             Some(Handle::Dir(_)) => None,
@@ -37,32 +97,19 @@ impl Fs {
         let listing = match cached {
             Some(listing) => listing,
             None => {
-                let listing = self.list_dir(ino).await?;
+                let listing = Arc::new(self.list_dir(ino).await?);
                 if let Some(Handle::Dir(h)) = self.handles.lock().unwrap().get_mut(&fh) {
                     h.snapshot = Some(listing.clone());
                 }
                 listing
             }
         };
-        Ok(listing.into_iter().skip(offset as usize).collect())
-    }
-
-    /// As [`Fs::readdir`], with the attributes of each entry when this client has them
-    /// fresh (a listing reads them along), for the kernel's readdirplus.
-    pub async fn readdirplus(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-    ) -> FsResult<Vec<(DirEntry, Option<Inode>)>> {
-        let entries = self.readdir(ino, fh, offset).await?;
-        Ok(entries
-            .into_iter()
-            .map(|e| {
-                let inode = self.cache.inode(e.ino).map(|i| self.present(i));
-                (e, inode)
-            })
-            .collect())
+        let start = (offset as usize).min(listing.len());
+        let end = start.saturating_add(max).min(listing.len());
+        Ok(SnapshotSlice {
+            listing,
+            range: start..end,
+        })
     }
 
     /// Close a directory handle.
