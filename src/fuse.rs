@@ -186,7 +186,8 @@ pub fn to_file_attr(inode: &Inode, blksize: u32) -> FileAttr {
     }
 }
 
-/// The attributes of an entry whose inode was not read: only its number and kind.
+/// Placeholder attributes for `.` and `..` in a readdirplus answer when their inode is
+/// not at hand (the kernel does not use them).
 fn bare_attr(ino: u64, kind: FileKind, blksize: u32) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -692,10 +693,14 @@ impl Filesystem for DynamoFuse {
             move |mut r, entries| {
                 for (i, (entry, inode)) in entries.iter().enumerate() {
                     let next = offset + i as u64 + 1;
-                    // Without attributes at hand, an entry the kernel must look up itself.
+                    let dots = entry.name == b"." || entry.name == b"..";
                     let (attr, ttl) = match inode {
                         Some(inode) => (to_file_attr(inode, blksize), ttl),
-                        None => (bare_attr(entry.ino, entry.kind, blksize), Duration::ZERO),
+                        // The kernel ignores the attributes of `.` and `..`.
+                        None if dots => (bare_attr(entry.ino, entry.kind, blksize), Duration::ZERO),
+                        // Its inode is gone (deleted since the listing): leave it out
+                        // rather than hand the kernel made-up attributes for it.
+                        None => continue,
                     };
                     let name = OsStr::from_bytes(&entry.name);
                     if r.add(INodeNo(entry.ino), next, name, &ttl, &attr, Generation(0)) {

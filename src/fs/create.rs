@@ -132,8 +132,9 @@ impl Fs {
                 Err(FsError::NotFound)
             }
             Err(e) => {
-                // The entry stands; only the directory's times lag. Say so, do not fail a
-                // create that happened.
+                // The entry stands, so do not fail a create that happened; but the
+                // directory's times lag, and its version did not move, so an rmdir
+                // racing this create is not excluded. Rare: every retry failed.
                 tracing::warn!(dir = parent, error = %e, "cannot update the directory after a create");
                 Ok(())
             }
