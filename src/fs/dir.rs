@@ -7,6 +7,7 @@
 //! also reads the inodes of the entries not cached in batches, so the lookups of an
 //! `ls -l` that follows hit the cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{DirEntry, Fs, FsError, FsResult, Handle};
@@ -63,20 +64,34 @@ impl Fs {
         max: usize,
     ) -> FsResult<Vec<(DirEntry, Option<Inode>)>> {
         let entries = self.snapshot_from(ino, fh, offset, max).await?;
+        // What is fresh now, and what is read now: asking the cache again afterwards
+        // could find an entry expired meanwhile and drop a file that exists.
+        let mut attrs: Vec<Option<Inode>> =
+            entries.iter().map(|e| self.cache.inode(e.ino)).collect();
         let expired: Vec<DirEntry> = entries
             .iter()
-            .filter(|e| e.name != b"." && e.name != b".." && self.cache.inode(e.ino).is_none())
-            .cloned()
+            .zip(&attrs)
+            .filter(|(e, a)| a.is_none() && e.name != b"." && e.name != b"..")
+            .map(|(e, _)| e.clone())
             .collect();
+        let mut read = HashMap::new();
         for batch in expired.chunks(PREFETCH_BATCH) {
-            self.prefetch_inodes(batch).await?;
+            read.extend(
+                self.prefetch_inodes(batch)
+                    .await?
+                    .into_iter()
+                    .map(|i| (i.ino, i)),
+            );
+        }
+        for (e, a) in entries.iter().zip(attrs.iter_mut()) {
+            if a.is_none() {
+                *a = read.get(&e.ino).cloned();
+            }
         }
         Ok(entries
             .iter()
-            .map(|e| {
-                let inode = self.cache.inode(e.ino).map(|i| self.present(i));
-                (e.clone(), inode)
-            })
+            .zip(attrs)
+            .map(|(e, a)| (e.clone(), a.map(|i| self.present(i))))
             .collect())
     }
 
@@ -193,11 +208,16 @@ impl Fs {
         Ok(listing)
     }
 
-    async fn prefetch_inodes(&self, entries: &[DirEntry]) -> FsResult<()> {
+    /// Read the inodes of `entries` with one batch get, cache them, and return them
+    /// (those that still exist).
+    async fn prefetch_inodes(&self, entries: &[DirEntry]) -> FsResult<Vec<Inode>> {
         let keys: Vec<_> = entries.iter().map(|e| inode_key(e.ino)).collect();
+        let mut read = Vec::new();
         for item in self.store.batch_get(&keys).await?.into_iter().flatten() {
-            self.cache_inode(&from_item::<Inode>(item)?);
+            let inode = from_item::<Inode>(item)?;
+            self.cache_inode(&inode);
+            read.push(inode);
         }
-        Ok(())
+        Ok(read)
     }
 }
