@@ -523,6 +523,7 @@ impl Fs {
                 data.dirty_bytes = 0;
                 data.mtime = None;
                 data.held = None;
+                self.held.written(ino);
                 return Err(FsError::Stale);
             }
             Err(e) => {
@@ -530,10 +531,12 @@ impl Fs {
                 if let Some(earlier) = earlier {
                     self.held.hold(ino, earlier);
                 }
+                self.held.written(ino);
                 return Err(e);
             }
             Ok(updated) => updated,
         };
+        self.held.written(ino);
         for (idx, block) in with_inode.into_iter().chain(inline_block.map(|b| (0, b))) {
             data.keep_clean(idx, block);
         }

@@ -87,6 +87,9 @@ impl AttrDelta {
 #[derive(Default)]
 pub(super) struct HeldChanges {
     held: Mutex<HashMap<u64, (AttrDelta, Instant)>>,
+    /// Changes taken to be written and not yet committed: still shown, so that no
+    /// getattr in between answers with the attributes from before them.
+    writing: Mutex<HashMap<u64, AttrDelta>>,
     wake: tokio::sync::Notify,
     /// Whether a flusher task writes held changes; without one nothing is held.
     flusher: AtomicBool,
@@ -103,13 +106,23 @@ impl HeldChanges {
         self.wake.notify_one();
     }
 
-    /// Take what is held for `ino`, to write it now.
+    /// Take what is held for `ino`, to write it now; it stays shown until [`Self::written`].
     pub(super) fn take(&self, ino: u64) -> Option<AttrDelta> {
-        self.held.lock().unwrap().remove(&ino).map(|(d, _)| d)
+        let delta = self.held.lock().unwrap().remove(&ino).map(|(d, _)| d)?;
+        self.writing.lock().unwrap().insert(ino, delta);
+        Some(delta)
     }
 
-    /// Show what is held for the inode on it.
+    /// The change taken for `ino` was committed (or given back with [`Self::hold`]).
+    pub(super) fn written(&self, ino: u64) {
+        self.writing.lock().unwrap().remove(&ino);
+    }
+
+    /// Show what is held for the inode (and what is being written) on it.
     pub(super) fn overlay(&self, inode: &mut Inode) {
+        if let Some(delta) = self.writing.lock().unwrap().get(&inode.ino) {
+            delta.apply(inode);
+        }
         if let Some((delta, _)) = self.held.lock().unwrap().get(&inode.ino) {
             delta.apply(inode);
         }
@@ -123,18 +136,23 @@ impl HeldChanges {
         }
     }
 
+    /// Take the changes held for at least `hold`, and say when the next one is due.
     fn due(&self, hold: Duration) -> (Vec<(u64, AttrDelta)>, Option<Duration>) {
-        let mut held = self.held.lock().unwrap();
-        let due: Vec<u64> = held
-            .iter()
-            .filter(|(_, (_, since))| since.elapsed() >= hold)
-            .map(|(ino, _)| *ino)
-            .collect();
+        let due: Vec<u64> = {
+            let held = self.held.lock().unwrap();
+            held.iter()
+                .filter(|(_, (_, since))| since.elapsed() >= hold)
+                .map(|(ino, _)| *ino)
+                .collect()
+        };
         let taken = due
             .into_iter()
-            .filter_map(|ino| held.remove(&ino).map(|(d, _)| (ino, d)))
+            .filter_map(|ino| self.take(ino).map(|d| (ino, d)))
             .collect();
-        let next = held
+        let next = self
+            .held
+            .lock()
+            .unwrap()
             .values()
             .map(|(_, since)| hold.saturating_sub(since.elapsed()))
             .min();
@@ -142,11 +160,9 @@ impl HeldChanges {
     }
 
     fn all(&self) -> Vec<(u64, AttrDelta)> {
-        self.held
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(ino, (d, _))| (ino, d))
+        let inos: Vec<u64> = self.held.lock().unwrap().keys().copied().collect();
+        inos.into_iter()
+            .filter_map(|ino| self.take(ino).map(|d| (ino, d)))
             .collect()
     }
 }
@@ -182,6 +198,7 @@ impl Fs {
         }
     }
 
+    /// Write a change taken with [`HeldChanges::take`].
     async fn write_delta(&self, ino: u64, delta: AttrDelta) -> FsResult<()> {
         let written = self
             .optimistic(|fresh| async move {
@@ -191,6 +208,7 @@ impl Fs {
                 tx.commit(self).await.map(|_| ())
             })
             .await;
+        self.held.written(ino);
         match written {
             // Deleted meanwhile: nothing left to change.
             Err(FsError::Stale) => Ok(()),

@@ -158,7 +158,9 @@ impl Fs {
                 *tx.update(&inode) = new;
                 Ok(tx.commit(self).await?.remove(&ino).expect("updated inode"))
             })
-            .await?;
+            .await;
+        self.held.written(ino);
+        let inode = inode?;
         if let Some(data) = data.as_mut() {
             if attr.size.is_some() {
                 data.truncate(inode.size, self.format.block_size);
