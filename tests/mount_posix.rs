@@ -234,6 +234,46 @@ fn permissions_are_checked_for_other_users() {
 }
 
 #[test]
+fn a_write_by_another_user_clears_setuid_and_setgid() {
+    let m = mounted();
+    fs::set_permissions(m.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    for (name, mode, how) in [
+        ("suid", 0o4777, "echo x >> suid"),
+        ("sgid", 0o2777, "echo x >> sgid"),
+        ("both", 0o6777, "truncate -s 1 both"),
+    ] {
+        fs::write(m.join(name), b"data").unwrap();
+        fs::set_permissions(m.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["sh", "-c", how])
+            .current_dir(m.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(
+            fs::metadata(m.join(name)).unwrap().mode() & 0o7777,
+            0o777,
+            "{name}"
+        );
+    }
+    // Setgid without group execute is mandatory locking, not a privilege: it stays.
+    fs::write(m.join("lockish"), b"data").unwrap();
+    fs::set_permissions(m.join("lockish"), fs::Permissions::from_mode(0o2767)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", "echo x >> lockish"])
+        .current_dir(m.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fs::metadata(m.join("lockish")).unwrap().mode() & 0o7777,
+        0o2767
+    );
+}
+
+#[test]
 fn reads_and_writes_random_sparse_append_truncate() {
     let m = mounted();
     let path = m.join("data");

@@ -2,7 +2,7 @@
 
 use super::held::AttrDelta;
 use super::tx::Tx;
-use super::{is_owner, Caller, Fs, FsError, FsResult};
+use super::{is_owner, mode_allows, Caller, Fs, FsError, FsResult};
 use crate::keys;
 use crate::records::{FileKind, Inode, Timestamp};
 use crate::store::{Condition, WriteOp};
@@ -33,12 +33,27 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+/// Whether `mode` only clears the setuid and setgid bits of `inode`, on a file `caller`
+/// may write. The kernel asks for that, as the writer, when someone other than the
+/// owner writes to or truncates such a file; Linux lets it happen.
+fn drops_privileges(caller: Caller, inode: &Inode, mode: u32) -> bool {
+    let privileges = libc::S_ISUID | libc::S_ISGID;
+    let mode = mode & 0o7777;
+    let clears_some = mode != inode.mode;
+    let only_privileges_change = mode & !privileges == inode.mode & !privileges;
+    let sets_none = mode & !inode.mode == 0;
+    clears_some
+        && only_privileges_change
+        && sets_none
+        && mode_allows(caller, inode, libc::W_OK as u32)
+}
+
 /// `inode` as `attr` changes it at `now`, if `caller` may make that change (the
 /// ownership rules of chmod, chown, utimens and truncate).
 fn changed(caller: Caller, inode: &Inode, attr: SetAttr, now: Timestamp) -> FsResult<Inode> {
     let mut new = inode.clone();
     if let Some(mode) = attr.mode {
-        if !is_owner(caller, inode) {
+        if !is_owner(caller, inode) && !drops_privileges(caller, inode, mode) {
             return Err(FsError::NotPermitted);
         }
         new.mode = mode & 0o7777;
