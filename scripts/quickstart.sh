@@ -11,6 +11,7 @@ source=${DYNAMOFS_SOURCE:-local:${HOME:-/root}/.local/share/dynamofs/default.db}
 
 bash scripts/install.sh
 mkdir -p "$mountpoint"
+case $source in local:*) mkdir -p "$(dirname "${source#local:}")" ;; esac
 dynamofs mount "$source" "$mountpoint"
 echo "hello from dynamofs" > "$mountpoint/hello.txt"
 ls -la "$mountpoint"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::retry::Patience;
 use crate::source::Source;
 
 const MOUNT_OPTIONS_HELP: &str = "\
@@ -20,7 +21,11 @@ Mount options (-o, comma separated; the same in /etc/fstab):
   umask=OOO             clear these permission bits in every reported mode
   attr_ttl=SECS         how long attributes are cached (default 1)
   entry_ttl=SECS        how long directory entries are cached (default 1)
-  timeout=SECS          give up on one DynamoDB request after this long (default 20)
+  timeout=SECS          give up on one attempt of a DynamoDB request after this
+                        long (default 20)
+  retry_budget=SECS     retry a throttled or failed request (5xx, timeout, dropped
+                        connection) for this long in all, then fail the system call
+                        with EIO and log a warning (default 30)
   threads=N             FUSE worker threads (default 4)
   heartbeat=SECS        how often the session lease is renewed (default 10); a
                         client that stops renewing for 3 heartbeats loses its locks
@@ -141,8 +146,8 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     /// Entry cache TTL.
     pub entry_ttl: Duration,
-    /// Per-request timeout.
-    pub timeout: Duration,
+    /// Per-attempt timeout and total retry time of one request.
+    pub patience: Patience,
     /// FUSE worker threads.
     pub threads: usize,
     /// Log file of a daemonized mount.
@@ -163,7 +168,7 @@ impl Default for MountOptions {
             umask: None,
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
-            timeout: Duration::from_secs(20),
+            patience: Patience::default(),
             threads: 4,
             logfile: None,
             heartbeat: Duration::from_secs(10),
@@ -199,6 +204,20 @@ fn number<T: TryFrom<u64>>(key: &str, value: &str, radix_octal: bool) -> Result<
     })
 }
 
+/// A DynamoDB endpoint URL: http or https, with a host.
+fn endpoint(value: &str) -> Result<String, String> {
+    let host = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', ':']).next().unwrap_or_default());
+    match host {
+        Some(host) if !host.is_empty() => Ok(value.to_string()),
+        _ => Err(format!(
+            "mount option endpoint={value}: expected a URL such as http://127.0.0.1:8000 or https://dynamodb.us-east-1.amazonaws.com"
+        )),
+    }
+}
+
 impl MountOptions {
     /// Parse `-o` strings (each comma separated); unknown options are an error.
     pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<Self, String> {
@@ -213,7 +232,7 @@ impl MountOptions {
                 None => (opt, None),
             };
             match (key, value) {
-                ("endpoint", Some(v)) if !v.is_empty() => o.endpoint = Some(v.to_string()),
+                ("endpoint", Some(v)) => o.endpoint = Some(endpoint(v)?),
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("allow_other", None) => o.allow_other = true,
@@ -225,8 +244,9 @@ impl MountOptions {
                 ("attr_ttl", Some(v)) => o.attr_ttl = seconds(key, v)?,
                 ("entry_ttl", Some(v)) => o.entry_ttl = seconds(key, v)?,
                 ("timeout", Some(v)) => {
-                    o.timeout = seconds(key, v)?.max(Duration::from_millis(100))
+                    o.patience.request_timeout = seconds(key, v)?.max(Duration::from_millis(100))
                 }
+                ("retry_budget", Some(v)) => o.patience.retry_budget = seconds(key, v)?,
                 ("threads", Some(v)) => o.threads = number::<usize>(key, v, false)?.clamp(1, 64),
                 ("logfile", Some(v)) => o.logfile = Some(PathBuf::from(v)),
                 ("heartbeat", Some(v)) => {
@@ -265,5 +285,28 @@ mod tests {
             .contains("unknown mount option"));
         assert!(MountOptions::parse(&["uid=x"]).is_err());
         assert!(MountOptions::parse(&["umask=9"]).is_err());
+        let o = MountOptions::parse(&["timeout=2,retry_budget=7.5"]).unwrap();
+        assert_eq!(o.patience.request_timeout, Duration::from_secs(2));
+        assert_eq!(o.patience.retry_budget, Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn endpoints_are_checked_when_parsed() {
+        for good in [
+            "http://127.0.0.1:8000",
+            "https://dynamodb.eu-west-1.amazonaws.com/",
+        ] {
+            assert_eq!(
+                MountOptions::parse(&[format!("endpoint={good}")])
+                    .unwrap()
+                    .endpoint
+                    .as_deref(),
+                Some(good)
+            );
+        }
+        for bad in ["notaurl", "ftp://host", "http://", "http://:80", ""] {
+            let err = MountOptions::parse(&[format!("endpoint={bad}")]).unwrap_err();
+            assert!(err.contains("expected a URL such as"), "{bad}: {err}");
+        }
     }
 }

@@ -311,7 +311,9 @@ pub fn run(args: MountArgs) -> i32 {
     }
 }
 
-fn init_logging(debug: bool) {
+/// Log to stderr: dynamofs at info (debug with `-d`), everything else at warn;
+/// `RUST_LOG` overrides.
+pub fn init_logging(debug: bool) {
     let default = if debug {
         "dynamofs=debug,info"
     } else {
@@ -387,7 +389,7 @@ fn serve(
     let fs = rt.block_on(async {
         let opened = args
             .source
-            .open(options.endpoint.clone(), options.timeout, true)
+            .open(options.endpoint.clone(), options.patience, true)
             .await;
         let store = opened.map_err(|e| format!("cannot open {}: {e}", args.source))?;
         let fs = Fs::new(store, fs_config(options)).await;

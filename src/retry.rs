@@ -5,7 +5,7 @@
 //! conflicts. Nothing else in the program sleeps and tries again.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 
@@ -18,15 +18,40 @@ pub struct Policy {
     pub max_delay: Duration,
     /// Retries after the first attempt.
     pub max_retries: usize,
+    /// Time after which no further attempt starts, however many retries are left.
+    pub budget: Option<Duration>,
+}
+
+/// How long to wait for the backend: for one attempt, and in all for a request and
+/// its retries (mount options `timeout=` and `retry_budget=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// Upper bound on one attempt, connection set-up included.
+    pub request_timeout: Duration,
+    /// Upper bound on the retries of one request; past it the request fails.
+    pub retry_budget: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            request_timeout: Duration::from_secs(20),
+            retry_budget: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Policy {
-    /// For requests the backend throttled or failed transiently: back off up to seconds.
-    pub const TRANSIENT: Policy = Policy {
-        min_delay: Duration::from_millis(25),
-        max_delay: Duration::from_secs(3),
-        max_retries: 10,
-    };
+    /// For requests the backend throttled or failed transiently: back off up to
+    /// seconds, for as long as `patience` allows.
+    pub fn transient(patience: Patience) -> Policy {
+        Policy {
+            min_delay: Duration::from_millis(25),
+            max_delay: Duration::from_secs(3),
+            max_retries: usize::MAX,
+            budget: Some(patience.retry_budget),
+        }
+    }
 
     /// For optimistic read-modify-write loops that lost a race to another writer.
     /// Patient: a directory many clients create in at once is one hot item, and an
@@ -35,11 +60,12 @@ impl Policy {
         min_delay: Duration::from_millis(2),
         max_delay: Duration::from_millis(500),
         max_retries: 120,
+        budget: None,
     };
 }
 
 /// Run `op` until it succeeds, fails with an error `retryable` rejects, or the policy
-/// runs out of attempts (then the last error is returned).
+/// runs out of attempts or time (then the last error is returned).
 pub async fn retry<T, E, F, Fut>(
     policy: Policy,
     op: F,
@@ -49,6 +75,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let deadline = policy.budget.map(|budget| Instant::now() + budget);
+    let in_time = move || deadline.is_none_or(|deadline| Instant::now() < deadline);
     let backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
         .with_max_delay(policy.max_delay)
@@ -56,7 +84,7 @@ where
         .with_jitter();
     op.retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(retryable)
+        .when(|e| retryable(e) && in_time())
         .notify(|_, delay| tracing::debug!(?delay, "retrying"))
         .await
 }
@@ -105,6 +133,7 @@ mod tests {
             min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(1),
             max_retries: 4,
+            budget: None,
         };
         let err: Result<(), &str> = retry(
             policy,
@@ -117,5 +146,31 @@ mod tests {
         .await;
         assert_eq!(err, Err("again"));
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn gives_up_when_the_budget_is_spent() {
+        let calls = AtomicUsize::new(0);
+        let policy = Policy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+            max_retries: usize::MAX,
+            budget: Some(Duration::from_millis(100)),
+        };
+        let started = Instant::now();
+        let err: Result<(), &str> = retry(
+            policy,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("again")
+            },
+            |_| true,
+        )
+        .await;
+        assert_eq!(err, Err("again"));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let calls = calls.load(Ordering::SeqCst);
+        assert!((2..=11).contains(&calls), "{calls} attempts");
     }
 }

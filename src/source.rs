@@ -8,8 +8,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::retry::Patience;
 use crate::store::dynamo::{DynamoConfig, DynamoStore};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
@@ -75,9 +75,10 @@ impl FromStr for Source {
             if path.is_empty() {
                 return Err(format!("malformed source '{s}': expected local:PATH"));
             }
-            return Ok(Source::Local {
-                path: PathBuf::from(path),
-            });
+            // Absolute now: a daemonized mount runs in `/`.
+            let path =
+                std::path::absolute(path).map_err(|e| format!("malformed source '{s}': {e}"))?;
+            return Ok(Source::Local { path });
         }
         Err(format!(
             "malformed source '{s}': expected aws:REGION/TABLE or local:PATH"
@@ -90,7 +91,7 @@ impl Source {
     pub async fn open(
         &self,
         endpoint: Option<String>,
-        request_timeout: Duration,
+        patience: Patience,
         create: bool,
     ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
@@ -99,7 +100,7 @@ impl Source {
                     region: region.clone(),
                     table: table.clone(),
                     endpoint,
-                    request_timeout,
+                    patience,
                     create_tables: create,
                 };
                 Arc::new(DynamoStore::connect(&config).await?)
@@ -132,6 +133,12 @@ mod tests {
             "local:/tmp/x.db".parse::<Source>(),
             Ok(Source::Local {
                 path: "/tmp/x.db".into()
+            })
+        );
+        assert_eq!(
+            "local:data/x.db".parse::<Source>(),
+            Ok(Source::Local {
+                path: std::env::current_dir().unwrap().join("data/x.db")
             })
         );
         for bad in [

@@ -141,6 +141,8 @@ fn with_fs<T>(
     work: impl AsyncFnOnce(Fs) -> Result<T, String>,
 ) -> Result<T, String> {
     let options = MountOptions::parse(&args.options)?;
+    // Warnings (a backend that keeps failing, what it is waiting for) go to stderr.
+    crate::mount::init_logging(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,7 +150,7 @@ fn with_fs<T>(
     rt.block_on(async {
         let store = args
             .source
-            .open(options.endpoint.clone(), options.timeout, false)
+            .open(options.endpoint.clone(), options.patience, false)
             .await
             .map_err(|e| e.to_string())?;
         let config = FsConfig {

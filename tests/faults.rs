@@ -1,4 +1,5 @@
-//! Faults: throttling and server errors injected between the client and DynamoDB,
+//! Faults: throttling, server errors (DynamoDB's own and a proxy's HTML pages) and
+//! dropped connections injected between the client and DynamoDB,
 //! and DynamoDB Local stopped and restarted under a live mount.
 
 mod common;
@@ -43,7 +44,7 @@ fn throttling_and_server_errors_are_retried_invisibly() {
     let counts = proxy.counts();
     let injected = counts.faults();
     println!(
-        "faults: {injected} throttles and 500s injected, {} requests in all",
+        "faults: {injected} throttles, 500s, HTML 502s, 503s and dropped connections injected, {} requests in all",
         counts.requests()
     );
     assert!(injected >= 30, "only {injected} faults injected");
@@ -91,4 +92,60 @@ fn a_mount_rides_out_a_dynamodb_restart() {
         fs::read(m.join("during")).unwrap(),
         b"written across the outage"
     );
+}
+
+#[test]
+fn an_outage_past_the_retry_budget_is_eio_and_the_mount_recovers() {
+    common::require_fuse();
+    dynamo_local();
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut local = start_dynamo_local(port, Some(data.path()));
+    let table = unique_table("Outage");
+    let m = mount_table(
+        &table,
+        &format!("endpoint={endpoint},retry_budget=4,timeout=2"),
+    );
+    fs::write(m.join("before"), b"written before the outage").unwrap();
+    // See the restart test: let DynamoDB Local's file catch up with its answers.
+    std::thread::sleep(Duration::from_millis(500));
+    local.stop();
+
+    let started = Instant::now();
+    let err = fs::write(m.join("during"), b"written into the outage")
+        .expect_err("without DynamoDB the write cannot succeed");
+    let took = started.elapsed();
+    println!("outage: the write failed after {took:?}: {err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(took < Duration::from_secs(15), "EIO only after {took:?}");
+    let log = fs::read_to_string(&m.log).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("retry_budget"))
+        .unwrap_or_else(|| panic!("no warning says why:\n{log}"));
+    assert!(
+        !warning.contains("DispatchFailure("),
+        "a debug dump: {warning}"
+    );
+
+    let _restarted = start_dynamo_local(port, Some(data.path()));
+    fs::write(m.join("after"), b"written after the outage").unwrap();
+    assert_eq!(
+        fs::read(m.join("before")).unwrap(),
+        b"written before the outage"
+    );
+    assert_eq!(
+        fs::read(m.join("after")).unwrap(),
+        b"written after the outage"
+    );
+    let started = Instant::now();
+    m.unmount();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = std::process::Command::new(common::dynamofs_bin())
+        .args(["fsck", &format!("aws:us-east-1/{table}"), "-o"])
+        .arg(format!("endpoint={endpoint}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fsck after the outage: {out:?}");
 }

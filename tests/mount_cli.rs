@@ -138,6 +138,13 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
     assert!(!is_dynamofs_mount(dir.path()));
 }
 
+/// Messages are for people: no Rust debug dump of an SDK error in them.
+fn assert_no_debug_dump(message: &str) {
+    for dump in ["Error {", "Failure(", "Request {", "SdkBody"] {
+        assert!(!message.contains(dump), "a debug dump ({dump}): {message}");
+    }
+}
+
 fn failed_mount(source: &str, extra: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(dynamofs_bin());
@@ -208,24 +215,48 @@ fn bad_input_gets_clear_messages() {
         "{message}"
     );
 
-    // Nothing listening: a clear connection error, within the retry budget.
-    let started = Instant::now();
-    let message = failed_mount(
-        "aws:us-east-1/Nowhere",
-        &format!(
-            "endpoint=http://127.0.0.1:{},timeout=2",
-            common::free_port()
-        ),
-    );
+    // Nothing listening, or no such host: a clear line, after saying what it waits
+    // for, within the retry budget.
+    let refused = format!("http://127.0.0.1:{}", common::free_port());
+    for (url, cause) in [
+        (refused.as_str(), "Connection refused"),
+        ("http://no-such-host.invalid:8000", "dns error"),
+    ] {
+        let started = Instant::now();
+        let message = failed_mount(
+            "aws:us-east-1/Nowhere",
+            &format!("endpoint={url},timeout=2,retry_budget=3"),
+        );
+        assert!(
+            message.contains("cannot reach DynamoDB") && message.contains(cause),
+            "{message}"
+        );
+        assert!(message.contains("waiting for DynamoDB"), "{message}");
+        assert_no_debug_dump(&message);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gave up after {:?}",
+            started.elapsed()
+        );
+    }
+    let out = Command::new(dynamofs_bin())
+        .args(["status", "aws:us-east-1/Nowhere", "-o"])
+        .arg(format!("endpoint={refused},retry_budget=1"))
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     assert!(
-        message.contains("Connection refused") || message.contains("connect"),
-        "{message}"
+        stderr(&out).contains("cannot reach DynamoDB"),
+        "{}",
+        stderr(&out)
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "gave up after {:?}",
-        started.elapsed()
-    );
+    assert_no_debug_dump(&stderr(&out));
+    for bad in ["notaurl", "ftp://host:1"] {
+        let message = failed_mount("aws:us-east-1/Fine", &format!("endpoint={bad}"));
+        assert!(message.contains("expected a URL such as"), "{message}");
+    }
 
     // No credentials anywhere: the message says so.
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +277,34 @@ fn bad_input_gets_clear_messages() {
         "{}",
         stderr(&out)
     );
+    assert_no_debug_dump(&stderr(&out));
+
+    // local: paths: a directory that does not exist is not created; a file that is not
+    // a store is named as such; a relative path is the caller's, not the daemon's `/`.
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("no/such/dir/fs.db");
+    let message = failed_mount(&format!("local:{}", missing.display()), "");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(!work.path().join("no").exists());
+    std::fs::write(work.path().join("junk.db"), vec![7u8; 10_000]).unwrap();
+    let message = failed_mount(
+        &format!("local:{}", work.path().join("junk.db").display()),
+        "",
+    );
+    assert!(message.contains("as a dynamofs store"), "{message}");
+    assert_no_debug_dump(&message);
+    let mnt = tempfile::tempdir().unwrap();
+    let out = Command::new(dynamofs_bin())
+        .args(["mount", "local:relative.db"])
+        .arg(mnt.path())
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(mnt.path().join("f"), b"x").unwrap();
+    let unmounted = Command::new("umount").arg(mnt.path()).status().unwrap();
+    assert!(unmounted.success());
+    assert!(work.path().join("relative.db").is_file());
 
     // The mountpoint itself.
     let out = Command::new(dynamofs_bin())

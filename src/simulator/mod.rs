@@ -24,8 +24,9 @@
 //!   update's new size is estimated from the values it sets), 1 read unit per 4 KB
 //!   read strongly consistently (a query sums its items before rounding), twice both
 //!   inside a transaction.
-//! - **Faults** (optional): one request in `fault_every` answered with a throttling
-//!   error or an HTTP 500, alternately.
+//! - **Faults** (optional): one request in `fault_every` is not forwarded but answered,
+//!   in turn, with a throttling error, DynamoDB's own HTTP 500, a load balancer's HTML
+//!   502, a plain-text 503, or a connection closed without an answer.
 
 mod wire;
 
@@ -53,7 +54,7 @@ pub struct SimConfig {
     pub partition_write_units: f64,
     /// Read units one partition takes per second (DynamoDB: 3,000).
     pub partition_read_units: f64,
-    /// Answer one request in this many with a throttle or a 500 (0: never).
+    /// Answer one request in this many with a fault instead of forwarding it (0: never).
     pub fault_every: u64,
 }
 
@@ -340,21 +341,31 @@ impl Shared {
         if config.fault_every > 0 && n % config.fault_every == 0 {
             self.count(action, |c| c.faults += 1);
             std::thread::sleep(half);
-            return Some(if (n / config.fault_every) % 2 == 0 {
-                wire::error_response(
+            return match (n / config.fault_every) % 5 {
+                0 => Some(wire::error_response(
                     "400 Bad Request",
                     "ThrottlingException",
                     "injected by the simulator",
                     None,
-                )
-            } else {
-                wire::error_response(
+                )),
+                1 => Some(wire::error_response(
                     "500 Internal Server Error",
                     "InternalServerError",
                     "injected by the simulator",
                     None,
-                )
-            });
+                )),
+                2 => Some(wire::foreign_response(
+                    "502 Bad Gateway",
+                    "text/html",
+                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                )),
+                3 => Some(wire::foreign_response(
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "upstream connect error or disconnect/reset before headers",
+                )),
+                _ => None,
+            };
         }
         let request: Json = serde_json::from_slice(body).unwrap_or(Json::Null);
         let touched = wire::touched_items(action, &request);

@@ -230,6 +230,15 @@ pub fn error_response(
     .into_bytes()
 }
 
+/// An answer that is not DynamoDB's: what a proxy or load balancer in front of it sends.
+pub fn foreign_response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A cancelled transaction: `reasons[i]` is the cancellation code of item `i` ("None" for
 /// the items that were fine).
 pub fn cancelled_transaction(reasons: &[&str]) -> Vec<u8> {

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
@@ -23,7 +24,7 @@ use aws_sdk_dynamodb::Client;
 use aws_smithy_types::retry::ErrorKind;
 
 use super::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp, VERSION_ATTR};
-use crate::retry::{retry, Policy};
+use crate::retry::{retry, Patience, Policy};
 
 type AttrMap = HashMap<String, AttributeValue>;
 
@@ -36,11 +37,14 @@ pub struct DynamoConfig {
     pub table: String,
     /// Endpoint override (otherwise the SDK's own, or `AWS_ENDPOINT_URL_DYNAMODB`).
     pub endpoint: Option<String>,
-    /// Upper bound on one request including the SDK's connection set-up.
-    pub request_timeout: Duration,
+    /// How long one request may take, and how long its retries may go on.
+    pub patience: Patience,
     /// Create missing tables (a mount does; `dynamofs status` does not).
     pub create_tables: bool,
 }
+
+/// How long a request retries quietly before a warning says what it is waiting for.
+const SAY_WAITING_AFTER: Duration = Duration::from_secs(2);
 
 /// A [`Store`] on two DynamoDB tables.
 pub struct DynamoStore {
@@ -49,6 +53,7 @@ pub struct DynamoStore {
     blocks_table: String,
     requests: AtomicU64,
     create_tables: bool,
+    retries: Policy,
 }
 
 /// The key schema each table must have: (hash, range) with their scalar types.
@@ -61,13 +66,49 @@ fn key_schema(table: Table) -> [(&'static str, ScalarAttributeType); 2] {
     [(hash, ScalarAttributeType::S), (range, range_type)]
 }
 
-fn classify<
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
->(
-    err: SdkError<E, R>,
+/// An SDK error as one readable line: the service's code and message, or the chain of
+/// causes of a failure to reach it (never the SDK's debug dump of the response).
+fn one_line<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> String {
+    if let SdkError::ServiceError(service) = err {
+        let code = service.err().code().unwrap_or("no DynamoDB error code");
+        let status = service.raw().status().as_u16();
+        return match service.err().message() {
+            Some(message) => format!("{code}: {message} (HTTP {status})"),
+            None => format!("{code} (HTTP {status})"),
+        };
+    }
+    // The SDK wraps the cause in layers that say nothing to a user.
+    const WRAPPERS: &[&str] = &[
+        "dispatch failure",
+        "io error",
+        "other",
+        "client error (Connect)",
+        "timeout",
+    ];
+    let mut causes: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !WRAPPERS.contains(&text.as_str()) && !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let causes = causes.join(": ");
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            format!("cannot reach DynamoDB ({causes}); check endpoint= and the network")
+        }
+        _ => causes,
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E, HttpResponse>,
 ) -> StoreError {
-    let text = DisplayErrorContext(&err).to_string();
+    let text = one_line(&err);
     if text.contains("loading credentials") || text.contains("no credentials") {
         return StoreError::fatal(format!(
             "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile with \
@@ -75,6 +116,11 @@ fn classify<
         ));
     }
     match &err {
+        // Whatever the body says, or fails to say: a proxy or load balancer in front of
+        // the service answers 502/503/504 with an HTML page, which carries no error code.
+        SdkError::ServiceError(service) if service.raw().status().is_server_error() => {
+            StoreError::transient(text)
+        }
         SdkError::ServiceError(service) => match service.err().code().unwrap_or_default() {
             "ConditionalCheckFailedException" => StoreError::Conflict,
             // A single write met an ongoing transaction on its item: sending the same
@@ -242,8 +288,8 @@ impl DynamoStore {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(config.request_timeout)
-                    .operation_timeout(config.request_timeout)
+                    .operation_attempt_timeout(config.patience.request_timeout)
+                    .operation_timeout(config.patience.request_timeout)
                     .build(),
             );
         if let Some(endpoint) = &config.endpoint {
@@ -256,6 +302,7 @@ impl DynamoStore {
             blocks_table: format!("{}Blocks", config.table),
             requests: AtomicU64::new(0),
             create_tables: config.create_tables,
+            retries: Policy::transient(config.patience),
         };
         for table in [Table::Meta, Table::Blocks] {
             store.ensure_table(table).await?;
@@ -275,21 +322,48 @@ impl DynamoStore {
         }
     }
 
-    /// Send one request through the retry helper, counting every attempt.
+    /// Send one request through the retry helper, counting every attempt. A request
+    /// still failing transiently when the retry budget is spent fails, with one warning.
     async fn send<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        retry(
-            Policy::TRANSIENT,
+        let started = std::time::Instant::now();
+        let attempts = AtomicU64::new(0);
+        let said_waiting = std::sync::atomic::AtomicBool::new(false);
+        let result = retry(
+            self.retries,
             || {
                 self.requests.fetch_add(1, Ordering::Relaxed);
+                attempts.fetch_add(1, Ordering::Relaxed);
                 request()
             },
-            StoreError::is_transient,
+            |e: &StoreError| {
+                let again = e.is_transient();
+                if again
+                    && started.elapsed() > SAY_WAITING_AFTER
+                    && !said_waiting.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "waiting for DynamoDB, retrying for up to {:.0} s (retry_budget): {e}",
+                        self.retries.budget.unwrap_or_default().as_secs_f64()
+                    );
+                }
+                again
+            },
         )
-        .await
+        .await;
+        if let Err(e) = &result {
+            if e.is_transient() {
+                tracing::warn!(
+                    "DynamoDB request given up after {} attempts in {:.1} s (retry_budget): {e}",
+                    attempts.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        result
     }
 
     async fn ensure_table(&self, table: Table) -> Result<(), StoreError> {
@@ -482,9 +556,7 @@ impl DynamoStore {
 
 /// A cancelled transaction is a conflict if any item failed its condition or collided,
 /// throttled if any item was throttled, and a permanent error otherwise.
-fn classify_transaction(
-    err: SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> StoreError {
+fn classify_transaction(err: SdkError<TransactWriteItemsError, HttpResponse>) -> StoreError {
     if let SdkError::ServiceError(service) = &err {
         if let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err() {
             let codes: Vec<&str> = cancelled
@@ -506,7 +578,7 @@ fn classify_transaction(
             }
             return StoreError::fatal(format!(
                 "transaction cancelled: {codes:?}: {}",
-                DisplayErrorContext(&err)
+                one_line(&err)
             ));
         }
     }

@@ -27,12 +27,23 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Open (creating if needed) the store file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::fatal(format!("cannot create {}: {e}", dir.display())))?;
+        // A typo in the path must not format a new filesystem somewhere unexpected.
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(StoreError::fatal(format!(
+                "cannot open {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::fatal(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| {
+            StoreError::fatal(format!(
+                "cannot open {} as a dynamofs store: {e}",
+                path.display()
+            ))
+        })?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(ITEMS).map_err(backend)?;
         txn.commit().map_err(backend)?;

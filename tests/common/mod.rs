@@ -153,7 +153,7 @@ pub fn dynamo_config(table: &str) -> DynamoConfig {
         region: "us-east-1".into(),
         table: table.into(),
         endpoint: Some(dynamo_local().endpoint()),
-        request_timeout: Duration::from_secs(20),
+        patience: dynamofs::retry::Patience::default(),
         create_tables: true,
     }
 }
