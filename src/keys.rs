@@ -13,12 +13,14 @@
 //!                                                       read with the inode by one query
 //!                 d:<dir ino>        <encoded name>     Entry: child ino, kind
 //!                 g:                 <ino>              pending block cleanup (truncate, delete)
-//!                 s:                 <session id>       Session: host, pid, mountpoint, lease
+//!                 g:                 u<ino>             doomed file: no name left, deleted once
+//!                                                       no live session holds it open
+//!                 g:                 w<ino>             writers: the sessions that may be
+//!                                                       writing blocks past the file's size
+//!                 s:                 <session id>       Session: host, pid, mountpoint, lease,
+//!                                                       the files it holds open
 //!                 l:                 <ino>              Locks: every byte-range and flock lock
 //!                                                       on the file, with its session and owner
-//!                 o:<session id>     <ino>              an unlinked file the session still has
-//!                                                       open (deleted at its last close, or by
-//!                                                       whoever cleans up after the session)
 //!
 //! <TABLE>Blocks   blockId (S, hash)  blockNum (N, range)
 //! ------------------------------------------------------------------------------
@@ -83,12 +85,33 @@ pub fn entry_key(dir: u64, name: &[u8]) -> Key {
     Key::meta(entries_partition(dir), encode_name(name))
 }
 
-/// Partition of the pending block cleanups.
-pub const CLEANUP_PARTITION: &str = "g:";
+/// Partition of the garbage records: pending block cleanups and doomed files.
+pub const GARBAGE_PARTITION: &str = "g:";
 
 /// Key of the pending block cleanup of inode `ino`.
 pub fn cleanup_key(ino: u64) -> Key {
-    Key::meta(CLEANUP_PARTITION, ino.to_string())
+    Key::meta(GARBAGE_PARTITION, ino.to_string())
+}
+
+/// Sort-key prefix of doomed files in the garbage partition.
+pub const DOOMED_PREFIX: &str = "u";
+
+/// Key of the record that regular file `ino` lost its last name.
+pub fn doomed_key(ino: u64) -> Key {
+    Key::meta(GARBAGE_PARTITION, format!("{DOOMED_PREFIX}{ino}"))
+}
+
+/// Sort-key prefix of writer records in the garbage partition.
+pub const WRITERS_PREFIX: &str = "w";
+
+/// Key of the record of the sessions that may be writing blocks past the size of `ino`.
+pub fn writers_key(ino: u64) -> Key {
+    Key::meta(GARBAGE_PARTITION, format!("{WRITERS_PREFIX}{ino}"))
+}
+
+/// Attribute of a writers record that says whether `session` is writing (1) or not (0).
+pub fn writer_attr(session: &str) -> String {
+    format!("w_{session}")
 }
 
 /// Partition of the client sessions.
@@ -105,16 +128,6 @@ pub const LOCK_PARTITION: &str = "l:";
 /// Key of the lock record of inode `ino`.
 pub fn lock_key(ino: u64) -> Key {
     Key::meta(LOCK_PARTITION, ino.to_string())
-}
-
-/// Partition of the unlinked-but-open files of `session`.
-pub fn orphan_partition(session: &str) -> String {
-    format!("o:{session}")
-}
-
-/// Key of the record that `session` keeps unlinked inode `ino` alive.
-pub fn orphan_key(session: &str, ino: u64) -> Key {
-    Key::meta(orphan_partition(session), ino.to_string())
 }
 
 /// Partition (blockId) of stripe `stripe` of inode `ino`.

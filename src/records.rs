@@ -9,8 +9,9 @@ use serde_bytes::ByteBuf;
 
 use crate::store::{Item, StoreError};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format this build reads and writes. Format 3 added doomed inodes and
+/// the open files listed in session records (see `fs/gc.rs`).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The filesystem-wide record written once, when the tables are first formatted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +165,11 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A regular file whose last name went away, kept only for open descriptors.
+    pub fn is_nameless(&self) -> bool {
+        self.kind == FileKind::File && self.nlink == 0
+    }
+
     /// A directory gained or lost names at `now` (and `nlink_delta` subdirectories).
     pub fn touch(&mut self, now: Timestamp, nlink_delta: i64) {
         self.mtime = now;
@@ -184,7 +190,7 @@ pub struct Entry {
 /// A pending cleanup: the blocks of `ino` holding bytes from `keep` up to `stored`
 /// are to be deleted (the block holding byte `keep` is trimmed). Written in the same
 /// transaction that made them garbage, deleted once they are gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cleanup {
     /// The inode whose blocks are to be trimmed.
     pub ino: u64,
@@ -192,6 +198,21 @@ pub struct Cleanup {
     pub keep: u64,
     /// Bytes that may be stored (the size before the change).
     pub stored: u64,
+    /// The session that committed it and deletes the blocks at once; if it dies first,
+    /// any live client finishes the job. (None: written before format 3.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// A regular file whose last name went away. It may still be open on any client, so
+/// it is deleted with its data only once every live session has renewed its lease
+/// since `at_ms` without listing it among its open files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doomed {
+    /// The inode.
+    pub ino: u64,
+    /// Milliseconds since the epoch when its last name went away.
+    pub at_ms: u64,
 }
 
 /// A mounted client. Its lease is renewed on every heartbeat; once `expires` has
@@ -215,6 +236,10 @@ pub struct Session {
     pub expires_ms: u64,
     /// Heartbeat interval in milliseconds (the lease is several of them).
     pub heartbeat_ms: u64,
+    /// The regular files this client held open when it last renewed its lease: their
+    /// data outlives the loss of their last name until it closes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open: Vec<u64>,
 }
 
 /// Whether a lock is shared or exclusive.

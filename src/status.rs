@@ -188,7 +188,8 @@ pub fn run(args: StatusArgs) -> i32 {
     }
 }
 
-/// Run `dynamofs fsck`; exits 0 when nothing is wrong, 1 otherwise.
+/// Run `dynamofs fsck`; exits 0 when nothing is wrong, 1 when it found problems, 2
+/// when it could not check.
 pub fn fsck(args: StatusArgs) -> i32 {
     // A spinner on a terminal; nothing when stderr is a pipe or a file.
     let spinner =
@@ -208,12 +209,13 @@ pub fn fsck(args: StatusArgs) -> i32 {
                 );
             } else {
                 println!(
-                    "{}: {} entries, {} inodes, {} blocks, {} pending cleanups, {} problems",
+                    "{}: {} entries, {} inodes, {} blocks, {} pending cleanups, {} files pending deletion, {} problems",
                     args.source,
                     report.entries,
                     report.inodes,
                     report.blocks,
                     report.pending_cleanups,
+                    report.pending_deletions,
                     report.problems.len()
                 );
                 for problem in &report.problems {
@@ -224,7 +226,7 @@ pub fn fsck(args: StatusArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("dynamofs: cannot check {}: {e}", args.source);
-            1
+            2
         }
     }
 }

@@ -286,7 +286,9 @@ fn locks_of_a_killed_client_are_released_after_its_lease() {
     loop {
         let out = common::dynamofs_on_table("fsck", &table, &[]);
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && report.contains(" 0 pending cleanups, 0 problems") {
+        if out.status.success()
+            && report.contains(" 0 pending cleanups, 0 files pending deletion, 0 problems")
+        {
             break;
         }
         assert!(

@@ -178,7 +178,7 @@ fn three_clients_storm_and_the_checker_finds_nothing_wrong() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        report.contains(" 0 pending cleanups, 0 problems"),
+        report.contains(" 0 pending cleanups, 0 files pending deletion, 0 problems"),
         "{report}"
     );
 }

@@ -7,18 +7,15 @@
 //! not billed for the data. Whatever truncation or deletion leaves behind is recorded
 //! as a cleanup in the same transaction and deleted here.
 
-use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_bytes::ByteBuf;
 
 use super::{Fs, FsError, FsResult};
 use crate::keys;
-use crate::records::{from_item, to_item, Cleanup, Inode};
+use crate::records::{from_item, to_item, Inode};
 use crate::store::{Condition, Key, SortKey, Table, WriteOp};
 
 /// Requests in flight at once for one file's blocks.
 pub(super) const PARALLEL_BLOCKS: usize = 16;
-/// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
-const DIRECT_DELETE_BLOCKS: u64 = 1024;
 /// Files up to this size keep their data in the inline item. 64 KiB holds nearly every
 /// file of a source tree (577 of the tokio crate's 582) in one item read together with
 /// the inode, far under the 400 KB item limit; at 16 read units a query that carries
@@ -28,8 +25,8 @@ pub(super) const INLINE_MAX: u64 = 64 * 1024;
 
 /// A block item of the blocks table, or the inline item: `d` holds the bytes.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct BlockRecord {
-    d: ByteBuf,
+pub(super) struct BlockRecord {
+    pub(super) d: ByteBuf,
 }
 
 fn block_item(bytes: &[u8]) -> crate::store::Item {
@@ -62,6 +59,13 @@ impl Fs {
             self.forget_inode(ino);
             return Err(FsError::Stale);
         };
+        if inode.is_nameless() && !self.files.is_open(ino) {
+            // Its last name went away (a cached entry led here): only descriptors open
+            // since before then may use it. ESTALE makes the kernel look the name up
+            // again, and find what it names now.
+            self.forget_inode(ino);
+            return Err(FsError::Stale);
+        }
         self.cache_inode(&inode);
         let inline = inline.filter(|_| inode.inline).map(|mut d| {
             d.truncate(inode.size.min(self.format.block_size) as usize);
@@ -133,72 +137,5 @@ impl Fs {
     /// Whether a file of `size` bytes keeps its data inline.
     pub(super) fn fits_inline(&self, size: u64) -> bool {
         size <= INLINE_MAX.min(self.format.block_size)
-    }
-
-    /// Delete the blocks a committed cleanup record names, then the record. A failure
-    /// leaves the record in place for a later run to finish.
-    pub(super) async fn finish_cleanup(&self, cleanup: Cleanup) {
-        if let Err(e) = self.trim_blocks(cleanup).await {
-            tracing::warn!(ino = cleanup.ino, error = %e, "block cleanup left unfinished");
-            return;
-        }
-        let done = WriteOp::Delete {
-            key: keys::cleanup_key(cleanup.ino),
-            cond: Condition::None,
-        };
-        if let Err(e) = self.store.write(done).await {
-            tracing::warn!(ino = cleanup.ino, error = %e, "cannot remove a finished cleanup record");
-        }
-    }
-
-    /// Delete the blocks-table blocks of `ino` past byte `keep` (trimming the one that
-    /// holds it). Never touches an inline block 0: cleanups of inline files keep at
-    /// least the first block.
-    async fn trim_blocks(&self, Cleanup { ino, keep, stored }: Cleanup) -> FsResult<()> {
-        let bs = self.format.block_size;
-        let stripes = self.format.stripes;
-        if keep % bs != 0 {
-            let idx = keep / bs;
-            let in_blocks = keys::block_key(ino, idx, stripes);
-            let items = self
-                .store
-                .batch_get(std::slice::from_ref(&in_blocks))
-                .await?;
-            if let Some(item) = items.into_iter().flatten().next() {
-                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
-                block.truncate((keep - idx * bs) as usize);
-                self.store.write(self.block_put(ino, idx, &block)).await?;
-            }
-        }
-        let first_dead = keep.div_ceil(bs);
-        let end = stored.div_ceil(bs);
-        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
-            (first_dead..end)
-                .map(|i| keys::block_key(ino, i, stripes))
-                .collect()
-        } else {
-            let mut found = Vec::new();
-            for stripe in 0..stripes {
-                let partition = keys::block_partition(ino, stripe);
-                let after = first_dead.checked_sub(1).map(SortKey::N);
-                let items = self.query_all(Table::Blocks, &partition, after).await?;
-                found.extend(items.into_iter().map(|(sk, _)| Key {
-                    table: Table::Blocks,
-                    pk: partition.clone(),
-                    sk,
-                }));
-            }
-            found
-        };
-        stream::iter(doomed.into_iter().map(|key| {
-            self.store.write(WriteOp::Delete {
-                key,
-                cond: Condition::None,
-            })
-        }))
-        .buffer_unordered(PARALLEL_BLOCKS)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
     }
 }

@@ -91,7 +91,7 @@ impl Fs {
                     if !detached {
                         tx.touch_dir(parent, if is_dir { 1 } else { 0 });
                     }
-                    match tx.commit(self).await {
+                    match self.commit(tx).await {
                         Err(e)
                             if e.is_conflict()
                                 && self.load_entry(parent, name, true).await?.is_some() =>
@@ -127,8 +127,8 @@ impl Fs {
             Err(FsError::Store(StoreError::Conflict)) => {
                 let mut undo = Tx::new();
                 undo.delete_entry(parent, name, inode.ino);
-                undo.drop_link(self, inode);
-                undo.commit(self).await?;
+                undo.drop_link(inode);
+                self.commit(undo).await?;
                 Err(FsError::NotFound)
             }
             Err(e) => {
@@ -278,7 +278,7 @@ impl Fs {
                 linked.nlink += 1;
                 linked.ctime = now;
                 tx.touch_dir(newparent, 0);
-                match tx.commit(self).await {
+                match self.commit(tx).await {
                     Err(e)
                         if e.is_conflict()
                             && self.load_entry(newparent, newname, true).await?.is_some() =>

@@ -83,7 +83,6 @@ pub(super) struct FileHandle {
 
 struct OpenState {
     opens: usize,
-    unlinked: bool,
     data: Arc<tokio::sync::Mutex<FileData>>,
     /// Size, times and attributes not yet in the store, for getattr.
     pending: Option<PendingView>,
@@ -93,6 +92,8 @@ struct OpenState {
 #[derive(Default)]
 pub(super) struct OpenFiles {
     open: Mutex<HashMap<u64, OpenState>>,
+    /// Files this session recorded it may write blocks past the size of (see `gc.rs`).
+    writers: Mutex<std::collections::HashSet<u64>>,
     /// (mtime, size) of each file when this client last closed it, for keep_cache.
     last_seen: Mutex<HashMap<u64, (Timestamp, u64)>>,
 }
@@ -112,16 +113,21 @@ impl OpenFiles {
         self.open.lock().unwrap().contains_key(&ino)
     }
 
-    /// Mark an open file as having lost its last name; false if its last handle was
-    /// closed meanwhile (then nobody else will delete it).
-    pub(super) fn mark_unlinked(&self, ino: u64) -> bool {
-        match self.open.lock().unwrap().get_mut(&ino) {
-            Some(state) => {
-                state.unlinked = true;
-                true
-            }
-            None => false,
-        }
+    /// Note that this session writes past the end of `ino`; false if it already had.
+    pub(super) fn start_writing(&self, ino: u64) -> bool {
+        self.writers.lock().unwrap().insert(ino)
+    }
+
+    /// Note that this session no longer writes past the end of `ino`; false if it did not.
+    pub(super) fn stop_writing(&self, ino: u64) -> bool {
+        self.writers.lock().unwrap().remove(&ino)
+    }
+
+    /// The files open on this client, for its session record.
+    pub(super) fn open_inodes(&self) -> Vec<u64> {
+        let mut inodes: Vec<u64> = self.open.lock().unwrap().keys().copied().collect();
+        inodes.sort_unstable();
+        inodes
     }
 
     /// Apply unflushed size and mtime to an inode about to be reported.
@@ -255,7 +261,6 @@ impl Fs {
             let mut open = self.files.open.lock().unwrap();
             let state = open.entry(ino).or_insert_with(|| OpenState {
                 opens: 0,
-                unlinked: false,
                 data: Arc::new(tokio::sync::Mutex::new(FileData::new(inode.clone()))),
                 pending: None,
             });
@@ -429,6 +434,18 @@ impl Fs {
         } else {
             BTreeMap::new()
         };
+        // Blocks that land where the stored inode says nothing is would be garbage if
+        // this client died before recording the new size: say so first.
+        let stored = &data.stored;
+        let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
+        if dirty.keys().any(|idx| past_end(*idx)) {
+            if let Err(e) = self.writing_past_end(ino).await {
+                data.dirty.extend(dirty);
+                data.dirty.extend(with_inode);
+                data.dirty.extend(inline_block.map(|b| (0, b)));
+                return Err(e);
+            }
+        }
         let written = stream::iter(dirty.into_iter().map(|(idx, block)| async move {
             let result = self.store.write(self.block_put(ino, idx, &block)).await;
             (idx, block, result)
@@ -504,7 +521,7 @@ impl Fs {
                     if let Some(held) = held {
                         held.apply(new);
                     }
-                    let written = tx.commit(self).await?;
+                    let written = self.commit(tx).await?;
                     Ok(written.get(&ino).cloned().expect("updated inode"))
                 }
             })
@@ -517,6 +534,7 @@ impl Fs {
                     ino,
                     keep: 0,
                     stored: size,
+                    session: None,
                 })
                 .await;
                 data.dirty.clear();
@@ -589,7 +607,8 @@ impl Fs {
         self.write_held(ino).await
     }
 
-    /// Close a handle; the last close of an unlinked file deletes it and its data.
+    /// Close a handle. (A file with no name left is deleted by garbage collection
+    /// once no client holds it open: see `gc.rs`.)
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let handle = self.handles.lock().unwrap().remove(&fh);
         let Some(Handle::File(handle)) = handle else {
@@ -601,40 +620,15 @@ impl Fs {
             self.files.remember_closed(&data.stored);
             flushed
         };
-        let unlinked = {
+        let last = {
             let mut open = self.files.open.lock().unwrap();
             let state = open.get_mut(&handle.ino).expect("open file state");
             state.opens -= 1;
-            if state.opens == 0 {
-                open.remove(&handle.ino)
-                    .map(|s| s.unlinked)
-                    .unwrap_or(false)
-            } else {
-                false
-            }
+            state.opens == 0 && open.remove(&handle.ino).is_some()
         };
-        if unlinked {
-            let session = self.session_id().map(str::to_owned);
-            self.delete_orphan(handle.ino, session.as_deref()).await?;
+        if last && flushed.is_ok() {
+            self.done_writing_past_end(handle.ino).await;
         }
         flushed
-    }
-
-    /// Delete an inode left with no name once its last handle closed.
-    /// (`session` is the one that kept it open, if it recorded that.)
-    pub(super) async fn delete_orphan(&self, ino: u64, session: Option<&str>) -> FsResult<()> {
-        self.optimistic(|_| async move {
-            let mut tx = Tx::new();
-            if let Some(session) = session {
-                tx.forget_orphan(session, ino);
-            }
-            match self.load_inode(ino, true).await {
-                Ok(inode) if inode.nlink == 0 => tx.drop_link(self, &inode),
-                Ok(_) | Err(FsError::Stale) => {}
-                Err(e) => return Err(e),
-            }
-            tx.commit(self).await.map(|_| ())
-        })
-        .await
     }
 }

@@ -21,6 +21,8 @@ pub struct CheckReport {
     pub blocks: usize,
     /// Cleanups recorded but not finished (normal only while clients are mounted).
     pub pending_cleanups: usize,
+    /// Files with no name left, kept while some client may hold them open.
+    pub pending_deletions: usize,
     /// Every inconsistency, in words.
     pub problems: Vec<String>,
 }
@@ -66,10 +68,20 @@ impl Fs {
         }
         report.inodes = inodes.len();
         progress(&format!("walking the tree ({} inodes)", report.inodes));
+        let doomed: std::collections::HashSet<u64> = meta
+            .iter()
+            .filter(|k| k.pk == keys::GARBAGE_PARTITION)
+            .filter_map(|k| match &k.sk {
+                SortKey::S(s) => s.strip_prefix(keys::DOOMED_PREFIX)?.parse().ok(),
+                SortKey::N(_) => None,
+            })
+            .collect();
+        report.pending_deletions = doomed.len();
         report.pending_cleanups = meta
             .iter()
-            .filter(|k| k.pk == keys::CLEANUP_PARTITION)
-            .count();
+            .filter(|k| k.pk == keys::GARBAGE_PARTITION)
+            .count()
+            - doomed.len();
 
         let mut names: HashMap<u64, u32> = HashMap::new();
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
@@ -111,6 +123,9 @@ impl Fs {
         for (ino, inode) in &inodes {
             let named = names.get(ino).copied().unwrap_or(0);
             if *ino == ROOT_INO {
+                continue;
+            }
+            if named == 0 && inode.nlink == 0 && doomed.contains(ino) {
                 continue;
             }
             if named == 0 {

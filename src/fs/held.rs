@@ -205,7 +205,7 @@ impl Fs {
                 let inode = self.load_inode(ino, fresh).await?;
                 let mut tx = Tx::new();
                 delta.apply(tx.update(&inode));
-                tx.commit(self).await.map(|_| ())
+                self.commit(tx).await.map(|_| ())
             })
             .await;
         self.held.written(ino);

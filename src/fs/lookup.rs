@@ -19,10 +19,10 @@ impl Fs {
             }
         };
         match self.load_inode(entry.ino, false).await {
-            Ok(inode) => Ok(self.present(inode)),
+            Ok(inode) if !inode.is_nameless() => Ok(self.present(inode)),
             // A cached entry may be stale, or the file was replaced between our two
             // reads: read both fresh, again if needed, before answering.
-            Err(FsError::Stale) => {
+            Ok(_) | Err(FsError::Stale) => {
                 let inode = self
                     .optimistic(|_| async move {
                         let entry = self

@@ -23,6 +23,7 @@ mod dir;
 pub mod error;
 mod file;
 mod fsck;
+mod gc;
 mod held;
 mod locks;
 mod lookup;
@@ -43,6 +44,7 @@ use cache::Known;
 pub use error::{FsError, FsResult};
 pub use file::Opened;
 pub use fsck::CheckReport;
+pub use gc::Collected;
 pub use locks::LockRange;
 pub use rename::RenameMode;
 pub use session::SessionStatus;
@@ -198,11 +200,11 @@ impl Fs {
         };
         let format = match format.version {
             FORMAT_VERSION => format,
-            1 if config.read_only => format,
-            1 => Self::upgrade_format(store.as_ref(), format).await?,
+            1 | 2 if config.read_only => format,
+            1 | 2 => Self::upgrade_format(store.as_ref(), format).await?,
             other => {
                 return Err(StoreError::fatal(format!(
-                    "the tables hold dynamofs format version {other}, but this build reads versions 1 and {FORMAT_VERSION}: \
+                    "the tables hold dynamofs format version {other}, but this build reads versions 1 to {FORMAT_VERSION}: \
                      mount them with the dynamofs release that made them"
                 ))
                 .into())
@@ -279,9 +281,12 @@ impl Fs {
         }
     }
 
-    /// Format 1 is format 2 without inline data: every format 1 table is a valid format 2
-    /// table. Mark it as format 2, so that format 1 clients, which would not see inline
-    /// data, refuse to mount it from now on.
+    /// Each format adds to the one before: format 1 lacks inline data, format 2 doomed
+    /// files and the open files in session records, so every older table is a valid
+    /// format 3 table. Mark it as format 3, so that older clients, which would neither
+    /// see inline data nor keep a file open elsewhere alive, refuse to mount it from
+    /// now on. (Clients of the older format still mounted are not stopped: unmount
+    /// them before mounting with a newer release.)
     async fn upgrade_format(store: &dyn Store, old: Format) -> FsResult<Format> {
         let new = Format {
             version: FORMAT_VERSION,
@@ -290,12 +295,15 @@ impl Fs {
         let put = WriteOp::Put {
             key: keys::format_key(),
             item: to_item(&new),
-            cond: Condition::NumberIs("version", 1),
+            cond: Condition::NumberIs("version", old.version.into()),
         };
         match store.write(put).await {
             // Another client upgraded it first.
             Ok(()) | Err(StoreError::Conflict) => {
-                tracing::info!("upgraded the filesystem from format 1 to format {FORMAT_VERSION}");
+                tracing::info!(
+                    "upgraded the filesystem from format {} to format {FORMAT_VERSION}",
+                    old.version
+                );
                 Ok(new)
             }
             Err(e) => Err(e.into()),
@@ -386,6 +394,29 @@ impl Fs {
         self.cache.put_entry(dir, name, entry);
     }
 
+    /// Commit `tx`, bring this client's caches up to date with what it changed, and
+    /// delete the blocks it made garbage. Returns the inodes as now stored.
+    async fn commit(&self, tx: tx::Tx) -> FsResult<std::collections::BTreeMap<u64, Inode>> {
+        let done = tx.commit(self.store.as_ref(), self.session_id()).await?;
+        for (dir, name, entry) in &done.entries {
+            self.cache_entry(*dir, name, *entry);
+        }
+        for (dir, nlink_delta) in &done.touched {
+            self.cache.touch_dir(*dir, done.now, *nlink_delta);
+            self.held.superseded_times(*dir);
+        }
+        for inode in done.written.values() {
+            self.cache_inode(inode);
+        }
+        for ino in &done.deleted {
+            self.forget_inode(*ino);
+        }
+        for cleanup in done.cleanups {
+            self.finish_cleanup(cleanup).await;
+        }
+        Ok(done.written)
+    }
+
     /// Read an inode; `fresh` bypasses the cache.
     async fn load_inode(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
         if !fresh {
@@ -413,6 +444,8 @@ impl Fs {
     /// starts over.
     async fn load_entry_target(&self, entry: &Entry, fresh: bool) -> FsResult<Inode> {
         match self.load_inode(entry.ino, fresh).await {
+            // The entry was stale: no entry names a nameless file.
+            Ok(inode) if inode.is_nameless() => Err(StoreError::Conflict.into()),
             Err(FsError::Stale) => Err(StoreError::Conflict.into()),
             other => other,
         }

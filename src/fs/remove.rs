@@ -58,19 +58,19 @@ impl Fs {
             }
             let mut tx = Tx::new();
             tx.delete_entry(parent, name, entry.ino);
-            tx.drop_link(self, &inode);
+            tx.drop_link(&inode);
             // In a contended directory, a file's unlink touches the parent with a single
             // write beside the transaction (removing a name cannot make rmdir wrong).
             let detached = !is_dir && self.cache.is_contended(parent);
             let committed = if detached {
-                let (committed, touched) = tokio::join!(tx.commit(self), self.touch_dir_now(parent));
+                let (committed, touched) = tokio::join!(self.commit(tx), self.touch_dir_now(parent));
                 if let Err(e) = touched {
                     tracing::warn!(dir = parent, error = %e, "cannot update the directory after an unlink");
                 }
                 committed
             } else {
                 tx.touch_dir(parent, if is_dir { -1 } else { 0 });
-                tx.commit(self).await
+                self.commit(tx).await
             };
             if let Err(e) = committed {
                 if e.is_contention() {

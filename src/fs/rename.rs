@@ -139,7 +139,7 @@ impl Fs {
                 (_, Some(replaced)) => {
                     tx.delete_entry(parent, name, src.ino);
                     tx.put_entry(newparent, newname, src, points_at(replaced.ino));
-                    tx.drop_link(self, &replaced);
+                    tx.drop_link(&replaced);
                     if dst_is_dir {
                         links[1].1 -= 1;
                     }
@@ -152,7 +152,7 @@ impl Fs {
             for (dir, delta) in links {
                 tx.touch_dir(dir, delta);
             }
-            tx.commit(self).await.map(|_| ())
+            self.commit(tx).await.map(|_| ())
         })
         .await
     }

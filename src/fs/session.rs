@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::{Fs, FsError, FsResult};
 use crate::keys::{self, SESSION_PARTITION};
 use crate::records::{from_item, to_item, LockSet, Session, Timestamp};
-use crate::store::{Condition, SortKey, Table, Value, WriteOp, VERSION_ATTR};
+use crate::store::{Condition, Table, Value, WriteOp, VERSION_ATTR};
 
 /// Heartbeats a lease lasts.
-const LEASE_HEARTBEATS: u64 = 3;
+pub(super) const LEASE_HEARTBEATS: u64 = 3;
 /// Heartbeats an expired session's record is kept after its locks were released.
 const RETAIN_HEARTBEATS: u64 = 60;
 /// How long another session's liveness is trusted before it is read again.
@@ -23,7 +23,8 @@ const LIVENESS_TTL: Duration = Duration::from_secs(1);
 pub(super) struct OwnSession {
     pub(super) id: String,
     heartbeat: Duration,
-    record: tokio::sync::Mutex<(Session, u64)>,
+    /// The record as last written and its version; `None` once the session ended.
+    record: tokio::sync::Mutex<Option<(Session, u64)>>,
 }
 
 /// Liveness of other sessions, as last read.
@@ -95,6 +96,7 @@ impl Fs {
             started: Timestamp::now(),
             expires_ms: now_ms() + heartbeat_ms * LEASE_HEARTBEATS,
             heartbeat_ms,
+            open: Vec::new(),
         };
         let put = WriteOp::Put {
             key: keys::session_key(&id),
@@ -105,7 +107,7 @@ impl Fs {
         let own = OwnSession {
             id: id.clone(),
             heartbeat,
-            record: tokio::sync::Mutex::new((session, 1)),
+            record: tokio::sync::Mutex::new(Some((session, 1))),
         };
         if self.session.set(own).is_err() {
             return Err(FsError::Invalid);
@@ -119,15 +121,20 @@ impl Fs {
         self.session.get().map(|s| s.id.as_str())
     }
 
-    /// Renew the lease. If a cleaner already took the session for dead (this client
-    /// stalled past its lease), its locks are gone: say so and register it again.
+    /// Renew the lease, listing the files this client holds open (see `gc.rs`). If a
+    /// cleaner already took the session for dead (this client stalled past its lease),
+    /// its locks are gone: say so and register it again.
     pub async fn renew_session(&self) -> FsResult<()> {
         let Some(own) = self.session.get() else {
             return Ok(());
         };
         let mut record = own.record.lock().await;
-        let (session, ver) = &mut *record;
+        // Ended (unmounted): a heartbeat still in flight must not bring it back.
+        let Some((session, ver)) = record.as_mut() else {
+            return Ok(());
+        };
         session.expires_ms = now_ms() + own.heartbeat.as_millis() as u64 * LEASE_HEARTBEATS;
+        session.open = self.files.open_inodes();
         let key = keys::session_key(&own.id);
         let renewed = self
             .store
@@ -156,8 +163,8 @@ impl Fs {
         Ok(())
     }
 
-    /// Renew the lease every heartbeat and clean up after dead sessions, until the
-    /// returned task is aborted.
+    /// Renew the lease every heartbeat, clean up after dead sessions and collect
+    /// garbage, until the returned task is aborted.
     pub fn spawn_heartbeat(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let heartbeat = self.session.get()?.heartbeat;
         let fs = self.clone();
@@ -167,8 +174,8 @@ impl Fs {
                 if let Err(e) = fs.renew_session().await {
                     tracing::warn!(error = %e, "cannot renew the session lease");
                 }
-                if let Err(e) = fs.clean_dead_sessions().await {
-                    tracing::warn!(error = %e, "cannot clean up after dead sessions");
+                if let Err(e) = fs.clean_up().await {
+                    tracing::warn!(error = %e, "cannot clean up after dead sessions or collect garbage");
                 }
             }
         }))
@@ -222,17 +229,18 @@ impl Fs {
     }
 
     /// Release the locks of sessions whose lease ran out; delete their records once they
-    /// have been expired for a while (until then `dynamofs status` shows them).
-    pub async fn clean_dead_sessions(&self) -> FsResult<usize> {
+    /// have been expired for a while (until then `dynamofs status` shows them). Returns
+    /// the live sessions, this one included.
+    pub(super) async fn clean_dead_sessions(&self) -> FsResult<Vec<Session>> {
         let now = now_ms();
-        let dead: Vec<(Session, u64)> = self
+        let (live, dead): (Vec<_>, Vec<_>) = self
             .session_records()
             .await?
             .into_iter()
-            .filter(|(s, _)| !is_alive(s, now) && self.session_id() != Some(s.id.as_str()))
-            .collect();
+            .partition(|(s, _)| is_alive(s, now) || self.session_id() == Some(s.id.as_str()));
+        let live = live.into_iter().map(|(s, _)| s).collect();
         if dead.is_empty() {
-            return Ok(0);
+            return Ok(live);
         }
         let is_dead = |id: &str| dead.iter().any(|(s, _)| s.id == id);
         for (ino, set) in self.lock_sets().await? {
@@ -241,9 +249,6 @@ impl Fs {
                 self.rewrite_locks(ino, |locks| locks.retain(|l| !is_dead(&l.session)))
                     .await?;
             }
-        }
-        for (session, _) in &dead {
-            self.delete_orphans_of(&session.id).await?;
         }
         for (session, ver) in &dead {
             if now
@@ -264,30 +269,19 @@ impl Fs {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(dead.len())
+        Ok(live)
     }
 
-    /// Delete the unlinked files `session` recorded it kept open.
-    async fn delete_orphans_of(&self, session: &str) -> FsResult<()> {
-        for (sk, _) in self
-            .query_all(Table::Meta, &keys::orphan_partition(session), None)
-            .await?
-        {
-            if let SortKey::S(ino) = sk {
-                tracing::info!(session, ino = %ino, "deleting an unlinked file that is no longer open");
-                self.delete_orphan(ino.parse().unwrap_or(0), Some(session))
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// End this mount's session: release its locks and delete its record.
+    /// End this mount's session: release its locks, delete its record, and collect the
+    /// garbage no remaining client needs.
     pub async fn unregister_session(&self) -> FsResult<()> {
         let Some(own) = self.session.get() else {
             return Ok(());
         };
-        self.delete_orphans_of(&own.id).await?;
+        let mut record = own.record.lock().await;
+        if record.take().is_none() {
+            return Ok(());
+        }
         for (ino, set) in self.lock_sets().await? {
             if set.locks.iter().any(|l| l.session == own.id) {
                 self.rewrite_locks(ino, |locks| locks.retain(|l| l.session != own.id))
@@ -301,6 +295,11 @@ impl Fs {
             })
             .await?;
         tracing::info!(session = %own.id, "session ended");
+        // The last client to leave deletes what nobody holds open any more, instead of
+        // leaving it to the next mount.
+        if let Err(e) = self.clean_up().await {
+            tracing::warn!(error = %e, "cannot collect garbage at unmount");
+        }
         Ok(())
     }
 }

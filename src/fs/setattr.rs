@@ -171,7 +171,7 @@ impl Fs {
                     self.cut_data(&mut tx, &inode, &mut new).await?;
                 }
                 *tx.update(&inode) = new;
-                Ok(tx.commit(self).await?.remove(&ino).expect("updated inode"))
+                Ok(self.commit(tx).await?.remove(&ino).expect("updated inode"))
             })
             .await;
         self.held.written(ino);

@@ -14,10 +14,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Fs, FsResult};
+use super::FsResult;
 use crate::keys;
-use crate::records::{to_item, Cleanup, Entry, FileKind, Inode, Timestamp};
-use crate::store::{Condition, Item, Key, Value, WriteOp, VERSION_ATTR};
+use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, Inode, Timestamp};
+use crate::store::{Condition, Item, Store, Value, WriteOp, VERSION_ATTR};
 
 /// The atomic update of a directory whose entries change at `now`: times set, link
 /// count and version added to, conditioned only on the directory still existing.
@@ -38,9 +38,6 @@ pub(super) fn dir_touch(dir: u64, now: Timestamp, nlink_delta: i64) -> WriteOp {
     }
 }
 
-/// Files up to this size have their blocks deleted in the transaction that deletes them.
-const SMALL_DELETE_BYTES: u64 = 64 * 1024;
-
 /// The condition that an entry still points at inode `ino`.
 pub(super) fn points_at(ino: u64) -> Condition {
     Condition::NumberIs("ino", ino)
@@ -59,11 +56,25 @@ pub(super) struct Tx {
     /// Directories whose entries change, with the change of their link count.
     touched: BTreeMap<u64, i64>,
     cleanups: Vec<Cleanup>,
-    /// Writes of other records (blocks) that must commit together with the rest.
+    /// Writes of other records (blocks, garbage records) that commit with the rest.
     others: Vec<WriteOp>,
-    orphans: Vec<u64>,
-    orphan_records: Vec<(Key, bool)>,
     now: Timestamp,
+}
+
+/// What a committed transaction changed, for this client's caches.
+pub(super) struct Committed {
+    /// Entries put (`Some`) or deleted (`None`).
+    pub(super) entries: Vec<(u64, Vec<u8>, Option<Entry>)>,
+    /// Directories touched, with the change of their link count.
+    pub(super) touched: BTreeMap<u64, i64>,
+    /// When it happened.
+    pub(super) now: Timestamp,
+    /// Inodes created or updated, as stored now.
+    pub(super) written: BTreeMap<u64, Inode>,
+    /// Inodes deleted.
+    pub(super) deleted: Vec<u64>,
+    /// Cleanups recorded, whose blocks are to be deleted now.
+    pub(super) cleanups: Vec<Cleanup>,
 }
 
 impl Tx {
@@ -74,8 +85,6 @@ impl Tx {
             touched: BTreeMap::new(),
             cleanups: Vec::new(),
             others: Vec::new(),
-            orphans: Vec::new(),
-            orphan_records: Vec::new(),
             now: Timestamp::now(),
         }
     }
@@ -141,49 +150,43 @@ impl Tx {
             .push((dir, name.to_vec(), None, points_at(ino)));
     }
 
-    /// One name of `inode` goes away: drop its link count, and when no name is left
-    /// either keep it for the handles open on this client or delete it with its data.
-    pub(super) fn drop_link(&mut self, fs: &Fs, inode: &Inode) {
+    /// One name of `inode` goes away: drop its link count. A regular file left with no
+    /// name may still be open on any client: it is doomed, and garbage collection
+    /// deletes it once no client holds it open (see `gc.rs`). Other kinds hold no
+    /// data and go at once.
+    pub(super) fn drop_link(&mut self, inode: &Inode) {
         let now = self.now;
-        let is_dir = inode.kind == FileKind::Dir;
-        let last = is_dir || inode.nlink <= 1;
+        let last = inode.kind == FileKind::Dir || inode.nlink <= 1;
         if !last {
             let inode = self.update(inode);
             inode.nlink -= 1;
             inode.ctime = now;
-        } else if fs.files.is_open(inode.ino) {
-            self.orphans.push(inode.ino);
-            // Durably, so that the inode is deleted even if this client dies first.
-            if let Some(session) = fs.session_id() {
-                self.orphan_records
-                    .push((keys::orphan_key(session, inode.ino), true));
-            }
+        } else if inode.kind == FileKind::File {
+            let doomed = Doomed {
+                ino: inode.ino,
+                at_ms: super::session::now_ms(),
+            };
+            self.write(WriteOp::Put {
+                key: keys::doomed_key(inode.ino),
+                item: to_item(&doomed),
+                cond: Condition::None,
+            });
             let inode = self.update(inode);
             inode.nlink = 0;
             inode.ctime = now;
         } else {
-            self.inodes.insert(
-                inode.ino,
-                InodeChange::Delete {
-                    read_ver: inode.ver,
-                },
-            );
-            if inode.inline {
-                self.write(WriteOp::Delete {
-                    key: keys::inline_key(inode.ino),
-                    cond: Condition::None,
-                });
-            }
-            let first = u64::from(inode.inline);
-            if inode.kind == FileKind::File && inode.size <= SMALL_DELETE_BYTES {
-                // A small file's blocks go with it, in this transaction: nothing to clean up.
-                for idx in first..inode.size.div_ceil(fs.format.block_size) {
-                    self.write(fs.block_delete(inode.ino, idx));
-                }
-            } else {
-                self.add_cleanup(inode.ino, 0, inode.size);
-            }
+            self.delete(inode);
         }
+    }
+
+    /// Delete `inode`'s record (as read); its data is the caller's business.
+    pub(super) fn delete(&mut self, inode: &Inode) {
+        self.inodes.insert(
+            inode.ino,
+            InodeChange::Delete {
+                read_ver: inode.ver,
+            },
+        );
     }
 
     /// Commit `op` (a block write or delete) together with the rest.
@@ -191,21 +194,20 @@ impl Tx {
         self.others.push(op);
     }
 
-    /// Drop the record that `session` kept unlinked inode `ino` open.
-    pub(super) fn forget_orphan(&mut self, session: &str, ino: u64) {
-        self.orphan_records
-            .push((keys::orphan_key(session, ino), false));
-    }
-
     /// Record, in this transaction, that the bytes of `ino` from `keep` to `stored`
     /// are garbage; they are deleted after the commit.
     pub(super) fn add_cleanup(&mut self, ino: u64, keep: u64, stored: u64) {
         if stored > keep {
-            self.cleanups.push(Cleanup { ino, keep, stored });
+            self.cleanups.push(Cleanup {
+                ino,
+                keep,
+                stored,
+                session: None,
+            });
         }
     }
 
-    fn ops(&self) -> Vec<WriteOp> {
+    fn ops(&self, session: Option<&str>) -> Vec<WriteOp> {
         let mut ops = Vec::new();
         for (dir, name, entry, cond) in &self.entries {
             let key = keys::entry_key(*dir, name);
@@ -247,51 +249,38 @@ impl Tx {
         for (dir, nlink_delta) in &self.touched {
             ops.push(dir_touch(*dir, self.now, *nlink_delta));
         }
-        for (key, keep) in &self.orphan_records {
-            ops.push(match keep {
-                true => WriteOp::Put {
-                    key: key.clone(),
-                    item: Item::default(),
-                    cond: Condition::None,
-                },
-                false => WriteOp::Delete {
-                    key: key.clone(),
-                    cond: Condition::None,
-                },
-            });
-        }
         ops.extend(self.others.iter().cloned());
         for cleanup in &self.cleanups {
+            let owned = Cleanup {
+                session: session.map(str::to_owned),
+                ..cleanup.clone()
+            };
             ops.push(WriteOp::Put {
                 key: keys::cleanup_key(cleanup.ino),
-                item: to_item(cleanup),
+                item: to_item(&owned),
                 cond: Condition::None,
             });
         }
         ops
     }
 
-    /// Commit everything in one transaction, then bring this client's caches up to
-    /// date and delete the data of inodes that went away. Returns the new inodes.
-    pub(super) async fn commit(self, fs: &Fs) -> FsResult<BTreeMap<u64, Inode>> {
-        let mut ops = self.ops();
-        // A lone write needs no transaction, which costs twice the capacity.
+    /// Commit everything in one transaction (cleanups recorded as `session`'s), and
+    /// say what changed. A lone write needs no transaction, which costs twice the capacity.
+    pub(super) async fn commit(
+        self,
+        store: &dyn Store,
+        session: Option<&str>,
+    ) -> FsResult<Committed> {
+        let mut ops = self.ops(session);
         match ops.len() {
-            1 => fs.store.write(ops.pop().expect("one op")).await?,
-            _ => fs.store.transact(ops).await?,
-        }
-        for (dir, name, entry, _) in &self.entries {
-            fs.cache_entry(*dir, name, *entry);
-        }
-        for (dir, nlink_delta) in &self.touched {
-            fs.cache.touch_dir(*dir, self.now, *nlink_delta);
-            fs.held.superseded_times(*dir);
+            1 => store.write(ops.pop().expect("one op")).await?,
+            _ => store.transact(ops).await?,
         }
         let mut written = BTreeMap::new();
+        let mut deleted = Vec::new();
         for (ino, change) in self.inodes {
             match change {
                 InodeChange::Create(inode) => {
-                    fs.cache_inode(&inode);
                     written.insert(ino, inode);
                 }
                 InodeChange::Update {
@@ -299,21 +288,22 @@ impl Tx {
                     mut inode,
                 } => {
                     inode.ver = read_ver + 1;
-                    fs.cache_inode(&inode);
                     written.insert(ino, inode);
                 }
-                InodeChange::Delete { .. } => fs.forget_inode(ino),
+                InodeChange::Delete { .. } => deleted.push(ino),
             }
         }
-        for ino in self.orphans {
-            // The last handle may have closed between our check and the commit.
-            if !fs.files.mark_unlinked(ino) {
-                Box::pin(fs.delete_orphan(ino, fs.session_id())).await?;
-            }
-        }
-        for cleanup in self.cleanups {
-            fs.finish_cleanup(cleanup).await;
-        }
-        Ok(written)
+        Ok(Committed {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(dir, name, entry, _)| (dir, name, entry))
+                .collect(),
+            touched: self.touched,
+            now: self.now,
+            written,
+            deleted,
+            cleanups: self.cleanups,
+        })
     }
 }

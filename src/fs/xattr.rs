@@ -63,7 +63,7 @@ impl Fs {
                 {
                     return Err(FsError::NoSpace);
                 }
-                tx.commit(self).await.map(|_| ())
+                self.commit(tx).await.map(|_| ())
             }
         })
         .await
@@ -106,7 +106,7 @@ impl Fs {
                 let new = tx.update(&inode);
                 new.xattrs.remove(&key);
                 new.ctime = now;
-                tx.commit(self).await.map(|_| ())
+                self.commit(tx).await.map(|_| ())
             }
         })
         .await

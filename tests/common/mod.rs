@@ -203,11 +203,24 @@ impl Mounted {
         self.dir.path().join(p)
     }
 
-    /// Unmount and wait until the mountpoint is an ordinary directory again.
+    /// Unmount, wait until the mountpoint is an ordinary directory again and the
+    /// daemon has finished (it ends its session and collects garbage after the kernel
+    /// let go of the mount: a check started before then sees that work half done).
     pub fn unmount(&self) {
+        let daemon = daemon_pid(self.path());
         let status = Command::new("umount").arg(self.path()).status().unwrap();
         assert!(status.success(), "umount {} failed", self.path().display());
         wait_unmounted(self.path());
+        let started = Instant::now();
+        // SAFETY: signal 0 only asks whether the process exists.
+        while daemon.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the daemon of {} did not exit",
+                self.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -218,6 +231,21 @@ impl Drop for Mounted {
             wait_unmounted(self.path());
         }
     }
+}
+
+/// The process serving the dynamofs mount at `mountpoint`, if one is found.
+pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("dynamofs mount .* {}( |$)", mountpoint.display()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
 }
 
 pub fn is_dynamofs_mount(path: &Path) -> bool {

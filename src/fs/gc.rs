@@ -1,0 +1,348 @@
+//! Garbage collection: what operations leave to be deleted later, and who deletes it.
+//!
+//! Every kind of garbage is recorded, in the transaction that makes it, in the garbage
+//! partition (`g:`), so nothing is ever found by scanning a table:
+//!
+//! - a **cleanup** (`g:`/`<ino>`): blocks past a size that a truncation or deletion left
+//!   behind. The client that committed it deletes them at once; if it died first, any
+//!   live client finishes the job once that client's lease has run out.
+//! - a **doomed file** (`g:`/`u<ino>`): a regular file whose last name went away. It may
+//!   still be open on any client, and POSIX says its data lives until the last close,
+//!   so it is deleted only once every live session has renewed its lease since then
+//!   (allowing one heartbeat for clock differences) and none lists it among the files
+//!   it holds open. Opening a file costs nothing extra: the list rides on the lease
+//!   renewal every client makes anyway.
+//!
+//! - **writers** (`g:`/`w<ino>`): the sessions that may be writing blocks past the
+//!   stored size of a file (a large flush puts its blocks before the transaction that
+//!   records the size). A session sets its attribute to 1 before the first such put
+//!   and to 0 after its last close of the file. If it dies in between, any live client
+//!   deletes the blocks past the recorded size — found by querying the file's stripes,
+//!   in transactions conditioned on the record's version, so a live writer that
+//!   registers meanwhile stops the deletion.
+//!
+//! Every client runs [`Fs::collect_garbage`] after each lease renewal. Every deletion is
+//! conditional, so two collectors never collide; one that loses a race finds nothing
+//! left to do.
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::blocks::{BlockRecord, PARALLEL_BLOCKS};
+use super::tx::Tx;
+use super::{Fs, FsError, FsResult};
+use crate::keys::{self, DOOMED_PREFIX, GARBAGE_PARTITION, WRITERS_PREFIX};
+use crate::records::{from_item, Cleanup, Doomed, FileKind, Inode, Session};
+use crate::store::{
+    Condition, Item, Key, SortKey, StoreError, Table, Value, WriteOp, MAX_TRANSACTION_ITEMS,
+    VERSION_ATTR,
+};
+
+/// Above this many blocks, a cleanup queries the stripes instead of deleting every index.
+const DIRECT_DELETE_BLOCKS: u64 = 1024;
+/// Files up to this size have their blocks deleted in the transaction that deletes them.
+const SMALL_DELETE_BYTES: u64 = 64 * 1024;
+
+/// What a pass of the collector did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Doomed files deleted.
+    pub files: usize,
+    /// Cleanups of dead clients finished.
+    pub cleanups: usize,
+    /// Files whose blocks past the end a dead writer left were deleted.
+    pub past_end: usize,
+    /// Doomed files still open somewhere, or not yet seen by every live session.
+    pub waiting: usize,
+}
+
+/// The write that sets `session`'s attribute of the writers record of `ino`.
+fn set_writer(ino: u64, session: &str, writing: bool) -> WriteOp {
+    let mut set = Item::default();
+    set.insert(
+        keys::writer_attr(session),
+        Value::N(u8::from(writing).to_string()),
+    );
+    WriteOp::Update {
+        key: keys::writers_key(ino),
+        set,
+        add: vec![(VERSION_ATTR.to_string(), 1)],
+        cond: Condition::None,
+    }
+}
+
+/// The sessions a writers record says are writing, and its version.
+fn writing_sessions(item: &Item) -> (Vec<String>, u64) {
+    let prefix = keys::writer_attr("");
+    let sessions = item
+        .iter()
+        .filter(|(_, v)| matches!(v, Value::N(n) if n == "1"))
+        .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    let ver = match item.get(VERSION_ATTR) {
+        Some(Value::N(n)) => n.parse().unwrap_or(0),
+        _ => 0,
+    };
+    (sessions, ver)
+}
+
+/// When `session` last renewed its lease, by its own clock.
+fn renewed_ms(session: &Session) -> u64 {
+    session
+        .expires_ms
+        .saturating_sub(session.heartbeat_ms * super::session::LEASE_HEARTBEATS)
+}
+
+impl Fs {
+    /// What every heartbeat does after renewing the lease: release what dead sessions
+    /// held, then delete the garbage no live client needs any more.
+    pub async fn clean_up(&self) -> FsResult<Collected> {
+        let live = self.clean_dead_sessions().await?;
+        self.collect_garbage(&live).await
+    }
+
+    /// Delete the garbage no live client needs any more, given the live sessions as
+    /// just read.
+    async fn collect_garbage(&self, live: &[Session]) -> FsResult<Collected> {
+        let mut collected = Collected::default();
+        for (sk, item) in self.query_all(Table::Meta, GARBAGE_PARTITION, None).await? {
+            let SortKey::S(name) = sk else { continue };
+            if let Some(ino) = name.strip_prefix(WRITERS_PREFIX) {
+                let ino: u64 = ino
+                    .parse()
+                    .map_err(|_| StoreError::fatal(format!("malformed writers record {name:?}")))?;
+                let (writing, ver) = writing_sessions(&item);
+                if writing.iter().any(|w| live.iter().any(|s| &s.id == w)) {
+                    collected.waiting += 1;
+                    continue;
+                }
+                if !writing.is_empty() {
+                    tracing::info!(
+                        ino,
+                        "deleting the blocks a dead client wrote past a file's end"
+                    );
+                    match self.delete_past_end(ino, ver).await {
+                        Ok(()) => collected.past_end += 1,
+                        // A live writer registered meanwhile: its record, its turn.
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                let done = WriteOp::Delete {
+                    key: keys::writers_key(ino),
+                    cond: Condition::VersionIs(ver),
+                };
+                match self.store.write(done).await {
+                    Ok(()) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else if name.starts_with(DOOMED_PREFIX) {
+                let doomed: Doomed = from_item(item)?;
+                if self.still_needed(&doomed, live) {
+                    collected.waiting += 1;
+                } else {
+                    self.delete_doomed(doomed.ino).await?;
+                    collected.files += 1;
+                }
+            } else {
+                let cleanup: Cleanup = from_item(item)?;
+                let owner_alive = cleanup
+                    .session
+                    .as_deref()
+                    .is_some_and(|owner| live.iter().any(|s| s.id == owner));
+                if !owner_alive {
+                    tracing::info!(ino = cleanup.ino, "finishing the cleanup of a dead client");
+                    self.finish_cleanup(cleanup).await;
+                    collected.cleanups += 1;
+                }
+            }
+        }
+        Ok(collected)
+    }
+
+    /// Record, before this client first writes blocks past the stored end of `ino`,
+    /// that it may leave such blocks behind if it dies (once, until its last close).
+    pub(super) async fn writing_past_end(&self, ino: u64) -> FsResult<()> {
+        let Some(session) = self.session_id() else {
+            return Ok(());
+        };
+        if !self.files.start_writing(ino) {
+            return Ok(());
+        }
+        let recorded = self.store.write(set_writer(ino, session, true)).await;
+        if recorded.is_err() {
+            self.files.stop_writing(ino);
+        }
+        Ok(recorded?)
+    }
+
+    /// After the last close of `ino` (its size recorded): this client writes no more
+    /// past its end. A failure only leaves work for a collector, after this session.
+    pub(super) async fn done_writing_past_end(&self, ino: u64) {
+        let Some(session) = self.session_id() else {
+            return;
+        };
+        if self.files.stop_writing(ino) {
+            if let Err(e) = self.store.write(set_writer(ino, session, false)).await {
+                tracing::warn!(ino, error = %e, "cannot clear this client's writer record");
+            }
+        }
+    }
+
+    /// Delete the blocks of `ino` past its recorded size (and a stray block 0 of an
+    /// inline file), each transaction conditioned on the writers record still being at
+    /// version `ver`. A file that is gone loses all its blocks.
+    async fn delete_past_end(&self, ino: u64, ver: u64) -> FsResult<()> {
+        let bs = self.format.block_size;
+        let (first_dead, inline) = match self.load_inode(ino, true).await {
+            Ok(inode) => (inode.size.div_ceil(bs), inode.inline),
+            Err(FsError::Stale) => (0, false),
+            Err(e) => return Err(e),
+        };
+        let after = match inline {
+            true => None,
+            false => first_dead.checked_sub(1).map(SortKey::N),
+        };
+        let mut doomed = Vec::new();
+        for stripe in 0..self.format.stripes {
+            let partition = keys::block_partition(ino, stripe);
+            for (sk, _) in self
+                .query_all(Table::Blocks, &partition, after.clone())
+                .await?
+            {
+                if let SortKey::N(idx) = sk {
+                    if idx >= first_dead || (idx == 0 && inline) {
+                        doomed.push(idx);
+                    }
+                }
+            }
+        }
+        let guard = WriteOp::Check {
+            key: keys::writers_key(ino),
+            cond: Condition::VersionIs(ver),
+        };
+        for chunk in doomed.chunks(MAX_TRANSACTION_ITEMS - 1) {
+            let mut ops = vec![guard.clone()];
+            ops.extend(chunk.iter().map(|idx| self.block_delete(ino, *idx)));
+            self.store.transact(ops).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a doomed file may still be open on some live client.
+    fn still_needed(&self, doomed: &Doomed, live: &[Session]) -> bool {
+        self.files.is_open(doomed.ino)
+            || live.iter().any(|s| {
+                s.open.contains(&doomed.ino)
+                    || renewed_ms(s) < doomed.at_ms.saturating_add(s.heartbeat_ms)
+            })
+    }
+
+    /// Delete a doomed file with its data, and its garbage record.
+    async fn delete_doomed(&self, ino: u64) -> FsResult<()> {
+        self.optimistic(|_| async move {
+            let mut tx = Tx::new();
+            tx.write(WriteOp::Delete {
+                key: keys::doomed_key(ino),
+                cond: Condition::None,
+            });
+            match self.load_inode(ino, true).await {
+                Ok(inode) if inode.nlink == 0 => self.delete_file(&mut tx, &inode),
+                // Already gone (another collector was first), or (never, but) named again.
+                Ok(_) | Err(FsError::Stale) => {}
+                Err(e) => return Err(e),
+            }
+            self.commit(tx).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Add to `tx` the deletion of a regular file with no name and no open descriptor:
+    /// its inode, its inline data, and its blocks (in the transaction for a small file,
+    /// as a cleanup for a larger one).
+    fn delete_file(&self, tx: &mut Tx, inode: &Inode) {
+        debug_assert_eq!(inode.kind, FileKind::File);
+        tx.delete(inode);
+        if inode.inline {
+            tx.write(WriteOp::Delete {
+                key: keys::inline_key(inode.ino),
+                cond: Condition::None,
+            });
+        }
+        if inode.size <= SMALL_DELETE_BYTES {
+            for idx in u64::from(inode.inline)..inode.size.div_ceil(self.format.block_size) {
+                tx.write(self.block_delete(inode.ino, idx));
+            }
+        } else {
+            tx.add_cleanup(inode.ino, 0, inode.size);
+        }
+    }
+
+    /// Delete the blocks a committed cleanup record names, then the record. A failure
+    /// leaves the record in place for a later run to finish.
+    pub(super) async fn finish_cleanup(&self, cleanup: Cleanup) {
+        if let Err(e) = self.trim_blocks(&cleanup).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "block cleanup left unfinished");
+            return;
+        }
+        // Unless a later cleanup of the same file replaced the record meanwhile.
+        let done = WriteOp::Delete {
+            key: keys::cleanup_key(cleanup.ino),
+            cond: Condition::NumberIs("stored", cleanup.stored),
+        };
+        if let Err(e) = self.store.write(done).await {
+            tracing::warn!(ino = cleanup.ino, error = %e, "cannot remove a finished cleanup record");
+        }
+    }
+
+    /// Delete the blocks-table blocks of `ino` past byte `keep` (trimming the one that
+    /// holds it). Never touches an inline block 0: cleanups of inline files keep at
+    /// least the first block.
+    async fn trim_blocks(&self, cleanup: &Cleanup) -> FsResult<()> {
+        let (ino, keep, stored) = (cleanup.ino, cleanup.keep, cleanup.stored);
+        let bs = self.format.block_size;
+        let stripes = self.format.stripes;
+        if keep % bs != 0 {
+            let idx = keep / bs;
+            let in_blocks = keys::block_key(ino, idx, stripes);
+            let items = self
+                .store
+                .batch_get(std::slice::from_ref(&in_blocks))
+                .await?;
+            if let Some(item) = items.into_iter().flatten().next() {
+                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
+                block.truncate((keep - idx * bs) as usize);
+                self.store.write(self.block_put(ino, idx, &block)).await?;
+            }
+        }
+        let first_dead = keep.div_ceil(bs);
+        let end = stored.div_ceil(bs);
+        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
+            (first_dead..end)
+                .map(|i| keys::block_key(ino, i, stripes))
+                .collect()
+        } else {
+            let mut found = Vec::new();
+            for stripe in 0..stripes {
+                let partition = keys::block_partition(ino, stripe);
+                let after = first_dead.checked_sub(1).map(SortKey::N);
+                let items = self.query_all(Table::Blocks, &partition, after).await?;
+                found.extend(items.into_iter().map(|(sk, _)| Key {
+                    table: Table::Blocks,
+                    pk: partition.clone(),
+                    sk,
+                }));
+            }
+            found
+        };
+        stream::iter(doomed.into_iter().map(|key| {
+            self.store.write(WriteOp::Delete {
+                key,
+                cond: Condition::None,
+            })
+        }))
+        .buffer_unordered(PARALLEL_BLOCKS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+}
