@@ -64,8 +64,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Show the sessions (live and expired), their locks, and the format of a filesystem.
     Status(StatusArgs),
-    /// Check the consistency of a filesystem (read-only): entries, inodes, link counts, blocks.
-    Fsck(StatusArgs),
+    /// Check the consistency of a filesystem: entries, inodes, link counts, blocks
+    /// (read-only unless --repair). Exit status: 0 clean, 1 problems found or left,
+    /// 2 could not check.
+    Fsck(FsckArgs),
     /// Run the DynamoDB-faithful simulator: a proxy in front of DynamoDB Local that adds
     /// latency, transaction conflicts and throttling, and counts requests and capacity.
     Simulate(SimulateArgs),
@@ -105,6 +107,21 @@ pub struct StatusArgs {
     /// Print JSON for scripts
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `dynamofs fsck`.
+#[derive(Debug, Args, Clone)]
+pub struct FsckArgs {
+    /// Source, options and output format, as for status.
+    #[command(flatten)]
+    pub common: StatusArgs,
+    /// Fix what is found (dangling entries, unnamed inodes into /lost+found, link
+    /// counts, stray inline data and blocks) and collect all garbage; lists each fix
+    #[arg(long)]
+    pub repair: bool,
+    /// Repair even while clients are mounted (their work in flight may look broken)
+    #[arg(long, requires = "repair")]
+    pub force: bool,
 }
 
 /// Arguments of `dynamofs mount`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{MountOptions, StatusArgs};
+use crate::cli::{FsckArgs, MountOptions, StatusArgs};
 use crate::fs::{Fs, FsConfig, SessionStatus};
 use crate::records::{Format, Lock};
 
@@ -135,9 +135,11 @@ fn print_human(status: &Status) {
     }
 }
 
-/// Open the filesystem of `args` read-only, without creating anything, and run `work` on it.
+/// Open the filesystem of `args` without creating tables (read-only unless
+/// `writable`), and run `work` on it.
 fn with_fs<T>(
     args: &StatusArgs,
+    writable: bool,
     work: impl AsyncFnOnce(Fs) -> Result<T, String>,
 ) -> Result<T, String> {
     let options = MountOptions::parse(&args.options)?;
@@ -154,7 +156,7 @@ fn with_fs<T>(
             .await
             .map_err(|e| e.to_string())?;
         let config = FsConfig {
-            read_only: true,
+            read_only: !writable,
             attr_ttl: Duration::ZERO,
             entry_ttl: Duration::ZERO,
             ..FsConfig::default()
@@ -167,7 +169,7 @@ fn with_fs<T>(
 /// Run `dynamofs status`; returns the exit code.
 pub fn run(args: StatusArgs) -> i32 {
     let source = args.source.to_string();
-    match with_fs(&args, async |fs| {
+    match with_fs(&args, false, async |fs| {
         gather(&fs, source).await.map_err(|e| e.to_string())
     }) {
         Ok(status) if args.json => {
@@ -188,45 +190,71 @@ pub fn run(args: StatusArgs) -> i32 {
     }
 }
 
-/// Run `dynamofs fsck`; exits 0 when nothing is wrong, 1 when it found problems, 2
-/// when it could not check.
-pub fn fsck(args: StatusArgs) -> i32 {
-    // A spinner on a terminal; nothing when stderr is a pipe or a file.
+/// Run `dynamofs fsck`; exits 0 when nothing is wrong (after a repair: nothing is
+/// left), 1 when it found problems (or some are left), 2 when it could not check.
+pub fn fsck(args: FsckArgs) -> i32 {
+    // The phase and running counts on a terminal; nothing when stderr is a pipe or a file.
     let spinner =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     spinner.enable_steady_tick(Duration::from_millis(120));
     let progress = |what: &str| spinner.set_message(what.to_string());
-    let checked = with_fs(&args, async |fs| {
-        fs.check(&progress).await.map_err(|e| e.to_string())
+    let source = args.common.source.to_string();
+    let checked = with_fs(&args.common, args.repair, async |fs| {
+        if !args.repair {
+            return Ok((fs.check(&progress).await.map_err(|e| e.to_string())?, None));
+        }
+        let live: Vec<_> = fs
+            .sessions()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|s| s.alive)
+            .collect();
+        if !live.is_empty() && !args.force {
+            let who: Vec<String> = live
+                .iter()
+                .map(|s| format!("{}:{}", s.session.host, s.session.mountpoint))
+                .collect();
+            return Err(format!(
+                "{} client(s) still mounted ({}): unmount them first, or repair anyway with --force",
+                live.len(),
+                who.join(", ")
+            ));
+        }
+        let repaired = fs.repair(&progress).await.map_err(|e| e.to_string())?;
+        Ok((repaired.after.clone(), Some(repaired)))
     });
     spinner.finish_and_clear();
-    match checked {
-        Ok(report) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
-                );
-            } else {
-                println!(
-                    "{}: {} entries, {} inodes, {} blocks, {} pending cleanups, {} files pending deletion, {} problems",
-                    args.source,
-                    report.entries,
-                    report.inodes,
-                    report.blocks,
-                    report.pending_cleanups,
-                    report.pending_deletions,
-                    report.problems.len()
-                );
-                for problem in &report.problems {
-                    println!("  {problem}");
-                }
-            }
-            i32::from(!report.problems.is_empty())
-        }
+    let (report, repaired) = match checked {
+        Ok(done) => done,
         Err(e) => {
-            eprintln!("dynamofs: cannot check {}: {e}", args.source);
-            2
+            eprintln!("dynamofs: cannot check {source}: {e}");
+            return 2;
+        }
+    };
+    if args.common.json {
+        let json = match &repaired {
+            Some(repaired) => serde_json::to_string_pretty(repaired),
+            None => serde_json::to_string_pretty(&report),
+        };
+        println!("{}", json.expect("reports serialize"));
+    } else {
+        for fix in repaired.iter().flat_map(|r| &r.fixed) {
+            println!("fixed: {fix}");
+        }
+        println!(
+            "{source}: {} entries, {} inodes, {} blocks, {} pending cleanups, {} files pending deletion, {} problems{}",
+            report.entries,
+            report.inodes,
+            report.blocks,
+            report.pending_cleanups,
+            report.pending_deletions,
+            report.problems.len(),
+            if repaired.is_some() { " left" } else { "" }
+        );
+        for problem in &report.problems {
+            println!("  {problem}");
         }
     }
+    i32::from(!report.problems.is_empty())
 }

@@ -466,14 +466,111 @@ async fn the_checker_finds_planted_inconsistencies() {
         .await
         .unwrap();
     let report = fs.check(&|_| {}).await.unwrap();
-    let text = report.problems.join("\n");
+    let text = problems_text(&report);
     assert_eq!(report.problems.len(), 3, "{text}");
     assert!(
         text.contains("missing inode 999999")
             && text.contains("belongs to no inode")
-            && text.contains("past its size"),
+            && text.contains("past the size"),
         "{text}"
     );
+}
+
+fn problems_text(report: &dynamofs::fs::CheckReport) -> String {
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// `repair` fixes every kind of problem the checker reports (one of each planted), and
+/// collects the garbage no client needs; a second check is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_fixes_every_kind_of_problem() {
+    let store = common::dynamo_store("Repair").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let (file, opened) = fs
+        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, b"data").await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    let dir = fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    let (_, opened) = fs
+        .create(ME, ROOT_INO, b"gone", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.release(opened.fh).await.unwrap();
+    fs.unlink(ROOT_INO, b"gone").await.unwrap();
+
+    let put = |key: Key, item: Item| {
+        let store = store.clone();
+        async move {
+            store
+                .write(WriteOp::Put {
+                    key,
+                    item,
+                    cond: Condition::None,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let entry = |ino, kind| to_item(&dynamofs::records::Entry { ino, kind });
+    use dynamofs::records::FileKind;
+    let mut block = Item::default();
+    block.insert("d".into(), dynamofs::store::Value::B(vec![1]));
+    // Dangling entry, wrong entry kind (which also adds a name), stray blocks and
+    // inline data, wrong link count, wrong parent, an inode with no name.
+    put(
+        keys::entry_key(ROOT_INO, b"ghost"),
+        entry(999_999, FileKind::File),
+    )
+    .await;
+    put(
+        keys::entry_key(dir.ino, b"kindly"),
+        entry(file.ino, FileKind::Dir),
+    )
+    .await;
+    put(keys::block_key(888_888, 0, 16), block.clone()).await;
+    put(keys::block_key(file.ino, 7, 16), block.clone()).await;
+    put(keys::inline_key(777_777), block).await;
+    let mut wrong = fs.getattr(dir.ino).await.unwrap();
+    wrong.parent = 12_345;
+    wrong.ver += 1;
+    put(keys::inode_key(dir.ino), to_item(&wrong)).await;
+    let mut unnamed = fs.getattr(file.ino).await.unwrap();
+    unnamed.ino = 666_666;
+    unnamed.inline = false;
+    unnamed.size = 0;
+    put(keys::inode_key(666_666), to_item(&unnamed)).await;
+
+    let fresh = new_fs(store.clone(), FsConfig::default()).await;
+    let before = fresh.check(&|_| {}).await.unwrap();
+    assert!(before.problems.len() >= 7, "{}", problems_text(&before));
+    assert_eq!(before.pending_deletions, 1);
+    let repaired = fresh.repair(&|_| {}).await.unwrap();
+    println!("fixed:\n{}", repaired.fixed.join("\n"));
+    assert!(
+        repaired.after.problems.is_empty(),
+        "{}",
+        problems_text(&repaired.after)
+    );
+    assert!(repaired
+        .fixed
+        .iter()
+        .any(|f| f.contains("files with no name deleted")));
+    let again = new_fs(store.clone(), FsConfig::default())
+        .await
+        .check(&|_| {})
+        .await
+        .unwrap();
+    assert!(again.problems.is_empty(), "{}", problems_text(&again));
+    assert_eq!((again.pending_deletions, again.pending_cleanups), (0, 0));
+    let found = fresh.lookup(ROOT_INO, b"lost+found").await.unwrap();
+    assert_eq!(
+        fresh.lookup(found.ino, b"#666666").await.unwrap().ino,
+        666_666
+    );
+    assert_eq!(fresh.getattr(file.ino).await.unwrap().nlink, 2);
 }
 
 /// A small file's data lives in the inline item beside its inode: open and read cost

@@ -97,8 +97,19 @@ fn a_file_removed_on_one_host_lives_on_where_it_is_open() {
             fs::remove_file(a.join("doomed")).unwrap();
         }
     }
+    // A repair refuses to run under live clients unless forced.
+    let out = common::dynamofs_on_table("fsck", &table, &["--repair"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still mounted"),
+        "{out:?}"
+    );
+    let out = common::dynamofs_on_table("fsck", &table, &["--repair", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     a.unmount();
     b.unmount();
     let out = common::dynamofs_on_table("fsck", &table, &[]);
     assert!(out.status.success(), "fsck: {out:?}");
+    let out = common::dynamofs_on_table("fsck", &table, &["--repair"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }

@@ -1,12 +1,132 @@
 //! The consistency checker: walks every entry, inode and block record and reports
-//! what does not add up. It changes nothing.
+//! what does not add up ([`Fs::check`], which changes nothing), and the repair of what
+//! it found ([`Fs::repair`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
-use super::{Fs, FsResult};
+use super::tx::{points_at, Tx};
+use super::{Caller, Fs, FsError, FsResult};
 use crate::keys::{self, ROOT_INO};
-use crate::records::{from_item, Entry, FileKind, Inode};
-use crate::store::{Key, SortKey, Table};
+use crate::records::{from_item, to_item, Entry, FileKind, Inode};
+use crate::store::{Condition, Key, SortKey, Table, WriteOp};
+
+/// One inconsistency, with what its repair needs to know.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// An entry points at an inode that does not exist.
+    DanglingEntry {
+        /// Directory holding the entry.
+        dir: u64,
+        /// The entry's stored name.
+        name: String,
+        /// The missing inode.
+        ino: u64,
+    },
+    /// An entry names another kind than its inode has.
+    WrongEntryKind {
+        /// Directory holding the entry.
+        dir: u64,
+        /// The entry's stored name.
+        name: String,
+        /// The inode.
+        ino: u64,
+        /// What the inode is.
+        actual: FileKind,
+    },
+    /// An inode no entry names (and no client may hold open).
+    Unnamed {
+        /// The inode.
+        ino: u64,
+        /// Its kind.
+        kind: FileKind,
+    },
+    /// A link count that does not match the names (files) or subdirectories (directories).
+    WrongLinkCount {
+        /// The inode.
+        ino: u64,
+        /// What it says.
+        nlink: u32,
+        /// What it should say.
+        want: u32,
+    },
+    /// A directory with more than one name.
+    DirectoryNamedTwice {
+        /// The directory.
+        ino: u64,
+        /// How many entries name it.
+        names: u32,
+    },
+    /// A directory whose recorded parent is not where it lives.
+    WrongParent {
+        /// The directory.
+        ino: u64,
+        /// The parent it records.
+        says: u64,
+        /// The directory it lives in.
+        lives: u64,
+    },
+    /// The root inode is missing.
+    NoRoot,
+    /// Inline data of an inode that does not exist, or keeps its data in blocks.
+    StrayInline {
+        /// The inode.
+        ino: u64,
+        /// Whether the inode exists.
+        inode_exists: bool,
+    },
+    /// A block that no file's data includes.
+    StrayBlock {
+        /// The block's partition.
+        partition: String,
+        /// Its index.
+        index: u64,
+        /// Why it is stray, in words.
+        why: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::DanglingEntry { dir, name, ino } => write!(
+                f,
+                "entry {name:?} in directory {dir} points at missing inode {ino}"
+            ),
+            Problem::WrongEntryKind {
+                dir,
+                name,
+                ino,
+                actual,
+            } => write!(
+                f,
+                "entry {name:?} in directory {dir} names another kind than inode {ino}, a {actual:?}"
+            ),
+            Problem::Unnamed { ino, kind } => write!(f, "inode {ino} ({kind:?}) has no name"),
+            Problem::WrongLinkCount { ino, nlink, want } => {
+                write!(f, "inode {ino} has nlink {nlink} but should have {want}")
+            }
+            Problem::DirectoryNamedTwice { ino, names } => {
+                write!(f, "directory {ino} has {names} names")
+            }
+            Problem::WrongParent { ino, says, lives } => write!(
+                f,
+                "directory {ino} says its parent is {says} but lives in {lives}"
+            ),
+            Problem::NoRoot => write!(f, "the root inode is missing"),
+            Problem::StrayInline { ino, inode_exists } => match inode_exists {
+                true => write!(f, "inline data of inode {ino}, which keeps its data in blocks"),
+                false => write!(f, "inline data of missing inode {ino}"),
+            },
+            Problem::StrayBlock {
+                partition,
+                index,
+                why,
+            } => write!(f, "block {index} of {partition} {why}"),
+        }
+    }
+}
 
 const PAGE: usize = 1000;
 
@@ -23,8 +143,8 @@ pub struct CheckReport {
     pub pending_cleanups: usize,
     /// Files with no name left, kept while some client may hold them open.
     pub pending_deletions: usize,
-    /// Every inconsistency, in words.
-    pub problems: Vec<String>,
+    /// Every inconsistency found.
+    pub problems: Vec<Problem>,
 }
 
 impl Fs {
@@ -101,17 +221,24 @@ impl Fs {
                 };
                 *names.entry(entry.ino).or_default() += 1;
                 match inodes.get(&entry.ino) {
-                    None => report.problems.push(format!(
-                        "entry {name:?} in directory {dir} points at missing inode {}",
-                        entry.ino
-                    )),
-                    Some(inode) if inode.kind != entry.kind => report.problems.push(format!(
-                        "entry {name:?} in directory {dir} says {:?} but inode {} is {:?}",
-                        entry.kind, entry.ino, inode.kind
-                    )),
+                    None => report.problems.push(Problem::DanglingEntry {
+                        dir,
+                        name,
+                        ino: entry.ino,
+                    }),
+                    Some(inode) if inode.kind != entry.kind => {
+                        report.problems.push(Problem::WrongEntryKind {
+                            dir,
+                            name,
+                            ino: entry.ino,
+                            actual: inode.kind,
+                        })
+                    }
                     Some(_) => {}
                 }
-                if entry.kind == FileKind::Dir {
+                // By what the entry names: a wrong kind in the entry is its own problem.
+                let kind = inodes.get(&entry.ino).map_or(entry.kind, |i| i.kind);
+                if kind == FileKind::Dir {
                     *subdirs.entry(dir).or_default() += 1;
                     if parents.insert(entry.ino, dir).is_none() {
                         queue.push(entry.ino);
@@ -129,62 +256,62 @@ impl Fs {
                 continue;
             }
             if named == 0 {
-                report.problems.push(format!(
-                    "inode {ino} ({:?}, nlink {}) has no name",
-                    inode.kind, inode.nlink
-                ));
+                report.problems.push(Problem::Unnamed {
+                    ino: *ino,
+                    kind: inode.kind,
+                });
                 continue;
             }
+            let want = match inode.kind {
+                FileKind::Dir => 2 + subdirs.get(ino).copied().unwrap_or(0),
+                _ => named,
+            };
+            if inode.nlink != want {
+                report.problems.push(Problem::WrongLinkCount {
+                    ino: *ino,
+                    nlink: inode.nlink,
+                    want,
+                });
+            }
             if inode.kind == FileKind::Dir {
-                let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
-                if inode.nlink != want {
-                    report.problems.push(format!(
-                        "directory {ino} has nlink {} but {} subdirectories",
-                        inode.nlink,
-                        want - 2
-                    ));
-                }
                 if named != 1 {
-                    report
-                        .problems
-                        .push(format!("directory {ino} has {named} names"));
+                    report.problems.push(Problem::DirectoryNamedTwice {
+                        ino: *ino,
+                        names: named,
+                    });
                 }
-                if parents.get(ino) != Some(&inode.parent) {
-                    report.problems.push(format!(
-                        "directory {ino} says its parent is {} but lives in {:?}",
-                        inode.parent,
-                        parents.get(ino)
-                    ));
+                match parents.get(ino) {
+                    Some(lives) if *lives != inode.parent => {
+                        report.problems.push(Problem::WrongParent {
+                            ino: *ino,
+                            says: inode.parent,
+                            lives: *lives,
+                        })
+                    }
+                    _ => {}
                 }
-            } else if inode.nlink != named {
-                report.problems.push(format!(
-                    "inode {ino} has nlink {} but {named} names",
-                    inode.nlink
-                ));
             }
         }
         if let Some(root) = inodes.get(&ROOT_INO) {
             let want = 2 + subdirs.get(&ROOT_INO).copied().unwrap_or(0);
             if root.nlink != want {
-                report.problems.push(format!(
-                    "the root has nlink {} but {} subdirectories",
-                    root.nlink,
-                    want - 2
-                ));
+                report.problems.push(Problem::WrongLinkCount {
+                    ino: ROOT_INO,
+                    nlink: root.nlink,
+                    want,
+                });
             }
         } else {
-            report.problems.push("the root inode is missing".into());
+            report.problems.push(Problem::NoRoot);
         }
 
         for ino in inline_items {
-            match inodes.get(&ino) {
-                None => report
-                    .problems
-                    .push(format!("inline data of missing inode {ino}")),
-                Some(inode) if !inode.inline => report.problems.push(format!(
-                    "inline data of inode {ino}, which keeps its data in blocks"
-                )),
-                Some(_) => {}
+            let inode = inodes.get(&ino);
+            if !inode.is_some_and(|i| i.inline) {
+                report.problems.push(Problem::StrayInline {
+                    ino,
+                    inode_exists: inode.is_some(),
+                });
             }
         }
 
@@ -194,21 +321,192 @@ impl Fs {
             report.blocks += 1;
             let ino: Option<u64> = key.pk.split(':').next().and_then(|i| i.parse().ok());
             let SortKey::N(index) = key.sk else { continue };
-            match ino.and_then(|ino| inodes.get(&ino)) {
-                None => report
-                    .problems
-                    .push(format!("block {index} of {} belongs to no inode", key.pk)),
-                Some(inode) if index * bs >= inode.size => report.problems.push(format!(
-                    "block {index} of inode {} lies past its size {}",
-                    inode.ino, inode.size
-                )),
-                Some(inode) if index == 0 && inode.inline => report.problems.push(format!(
-                    "block 0 of inode {} is in the blocks table and inline",
-                    inode.ino
-                )),
-                Some(_) => {}
-            }
+            let why = match ino.and_then(|ino| inodes.get(&ino)) {
+                None => "belongs to no inode".to_string(),
+                Some(inode) if index * bs >= inode.size => {
+                    format!("lies past the size {} of inode {}", inode.size, inode.ino)
+                }
+                Some(inode) if index == 0 && inode.inline => {
+                    format!("is in the blocks table, but inode {} is inline", inode.ino)
+                }
+                Some(_) => continue,
+            };
+            report.problems.push(Problem::StrayBlock {
+                partition: key.pk,
+                index,
+                why,
+            });
         }
         Ok(report)
+    }
+}
+
+/// What a repair did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// Each fix, in words.
+    pub fixed: Vec<String>,
+    /// The check after the repair: its problems are the ones a repair cannot fix.
+    pub after: CheckReport,
+}
+
+/// Name of the directory under the root that unnamed inodes are put in.
+const LOST_AND_FOUND: &[u8] = b"lost+found";
+
+impl Problem {
+    fn fixable(&self) -> bool {
+        !matches!(self, Problem::DirectoryNamedTwice { .. } | Problem::NoRoot)
+    }
+}
+
+impl Fs {
+    /// Collect every garbage record no live session needs, delete dead sessions'
+    /// records, then fix what [`Fs::check`] finds, checking again until nothing
+    /// fixable is left (a fix can reveal another: a dangling entry removed changes its
+    /// directory's link count). Unnamed inodes go to `/lost+found`, named by number.
+    pub async fn repair(&self, progress: &(dyn Fn(&str) + Sync)) -> FsResult<RepairReport> {
+        let mut fixed = Vec::new();
+        progress("collecting garbage");
+        let collected = self.clean_up_now().await?;
+        for (count, what) in [
+            (collected.files, "files with no name deleted"),
+            (collected.cleanups, "unfinished cleanups finished"),
+            (collected.past_end, "files' blocks past their end deleted"),
+        ] {
+            if count > 0 {
+                fixed.push(format!("{count} {what}"));
+            }
+        }
+        for _pass in 0..4 {
+            let report = self.check(progress).await?;
+            let fixable: Vec<Problem> = report
+                .problems
+                .iter()
+                .filter(|p| p.fixable())
+                .cloned()
+                .collect();
+            if fixable.is_empty() {
+                return Ok(RepairReport {
+                    fixed,
+                    after: report,
+                });
+            }
+            for (n, problem) in fixable.into_iter().enumerate() {
+                progress(&format!("repairing: {n} fixed"));
+                self.fix(&problem).await?;
+                fixed.push(problem.to_string());
+            }
+        }
+        let after = self.check(progress).await?;
+        Ok(RepairReport { fixed, after })
+    }
+
+    async fn fix(&self, problem: &Problem) -> FsResult<()> {
+        match problem {
+            Problem::DanglingEntry { dir, name, ino } => {
+                self.store
+                    .write(WriteOp::Delete {
+                        key: Key::meta(keys::entries_partition(*dir), name.clone()),
+                        cond: points_at(*ino),
+                    })
+                    .await?
+            }
+            Problem::WrongEntryKind {
+                dir,
+                name,
+                ino,
+                actual,
+            } => {
+                let entry = Entry {
+                    ino: *ino,
+                    kind: *actual,
+                };
+                self.store
+                    .write(WriteOp::Put {
+                        key: Key::meta(keys::entries_partition(*dir), name.clone()),
+                        item: to_item(&entry),
+                        cond: points_at(*ino),
+                    })
+                    .await?
+            }
+            Problem::Unnamed { ino, kind } => {
+                let found = self.lost_and_found().await?;
+                let name = format!("#{ino}");
+                self.optimistic(|_| async {
+                    let inode = self.load_inode(*ino, true).await?;
+                    let mut tx = Tx::new();
+                    let entry = Entry {
+                        ino: *ino,
+                        kind: *kind,
+                    };
+                    tx.put_entry(found, name.as_bytes(), entry, Condition::Absent);
+                    let is_dir = *kind == FileKind::Dir;
+                    let new = tx.update(&inode);
+                    if is_dir {
+                        new.parent = found;
+                    } else {
+                        new.nlink = 1;
+                    }
+                    tx.touch_dir(found, i64::from(is_dir));
+                    self.commit(tx).await.map(|_| ())
+                })
+                .await?
+            }
+            Problem::WrongLinkCount { ino, want, .. } => {
+                self.rewrite_inode(*ino, |inode| inode.nlink = *want)
+                    .await?
+            }
+            Problem::WrongParent { ino, lives, .. } => {
+                self.rewrite_inode(*ino, |inode| inode.parent = *lives)
+                    .await?
+            }
+            Problem::StrayInline { ino, .. } => {
+                self.store
+                    .write(WriteOp::Delete {
+                        key: keys::inline_key(*ino),
+                        cond: Condition::None,
+                    })
+                    .await?
+            }
+            Problem::StrayBlock {
+                partition, index, ..
+            } => {
+                self.store
+                    .write(WriteOp::Delete {
+                        key: Key {
+                            table: Table::Blocks,
+                            pk: partition.clone(),
+                            sk: SortKey::N(*index),
+                        },
+                        cond: Condition::None,
+                    })
+                    .await?
+            }
+            Problem::DirectoryNamedTwice { .. } | Problem::NoRoot => {}
+        }
+        Ok(())
+    }
+
+    /// Change inode `ino` as `change` says, read fresh, conditioned on its version.
+    async fn rewrite_inode(&self, ino: u64, change: impl Fn(&mut Inode)) -> FsResult<()> {
+        self.optimistic(|_| async {
+            let inode = self.load_inode(ino, true).await?;
+            let mut tx = Tx::new();
+            change(tx.update(&inode));
+            self.commit(tx).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// The inode of `/lost+found`, made if missing.
+    async fn lost_and_found(&self) -> FsResult<u64> {
+        match self.lookup(ROOT_INO, LOST_AND_FOUND).await {
+            Ok(inode) => Ok(inode.ino),
+            Err(FsError::NotFound) => Ok(self
+                .mkdir(Caller::ROOT, ROOT_INO, LOST_AND_FOUND, 0o700)
+                .await?
+                .ino),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -96,7 +96,14 @@ impl Fs {
     /// What every heartbeat does after renewing the lease: release what dead sessions
     /// held, then delete the garbage no live client needs any more.
     pub async fn clean_up(&self) -> FsResult<Collected> {
-        let live = self.clean_dead_sessions().await?;
+        let live = self.clean_dead_sessions(true).await?;
+        self.collect_garbage(&live).await
+    }
+
+    /// What `fsck --repair` does first: the same, deleting dead sessions' records at
+    /// once instead of keeping them for `dynamofs status` to show.
+    pub(super) async fn clean_up_now(&self) -> FsResult<Collected> {
+        let live = self.clean_dead_sessions(false).await?;
         self.collect_garbage(&live).await
     }
 

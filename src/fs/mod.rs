@@ -43,7 +43,7 @@ use cache::Known;
 
 pub use error::{FsError, FsResult};
 pub use file::Opened;
-pub use fsck::CheckReport;
+pub use fsck::{CheckReport, Problem, RepairReport};
 pub use gc::Collected;
 pub use locks::LockRange;
 pub use rename::RenameMode;

@@ -229,9 +229,9 @@ impl Fs {
     }
 
     /// Release the locks of sessions whose lease ran out; delete their records once they
-    /// have been expired for a while (until then `dynamofs status` shows them). Returns
-    /// the live sessions, this one included.
-    pub(super) async fn clean_dead_sessions(&self) -> FsResult<Vec<Session>> {
+    /// have been expired for a while (until then `dynamofs status` shows them), or at
+    /// once when not `retain`. Returns the live sessions, this one included.
+    pub(super) async fn clean_dead_sessions(&self, retain: bool) -> FsResult<Vec<Session>> {
         let now = now_ms();
         let (live, dead): (Vec<_>, Vec<_>) = self
             .session_records()
@@ -251,10 +251,11 @@ impl Fs {
             }
         }
         for (session, ver) in &dead {
-            if now
-                <= session
-                    .expires_ms
-                    .saturating_add(session.heartbeat_ms * RETAIN_HEARTBEATS)
+            if retain
+                && now
+                    <= session
+                        .expires_ms
+                        .saturating_add(session.heartbeat_ms * RETAIN_HEARTBEATS)
             {
                 continue;
             }
