@@ -8,6 +8,9 @@ if ! command -v fusermount3 >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
 fi
 cargo build --release --locked
-install -m 0755 target/release/dynamofs /usr/local/bin/dynamofs
+# Wherever cargo puts it: CARGO_TARGET_DIR and build.target-dir move the target directory.
+target=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+install -m 0755 "$target/release/dynamofs" /usr/local/bin/dynamofs
 ln -sf /usr/local/bin/dynamofs /sbin/mount.fuse.dynamo
 echo "installed /usr/local/bin/dynamofs and /sbin/mount.fuse.dynamo"

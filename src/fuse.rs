@@ -455,12 +455,22 @@ impl Filesystem for DynamoFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let who = caller(req);
+        let notifier = self.notifier.clone();
         self.run(
             "open",
             ino.0,
             reply,
             move |fs| async move { fs.open(who, ino.0, flags.0).await },
-            |r, opened| r.opened(FileHandle(opened.fh), open_flags(opened)),
+            move |r, opened| {
+                // Close-to-open: the kernel still trusts the size it cached (for up to
+                // attr_ttl); a read would stop there. Make it ask again.
+                if let (false, Some(notifier)) = (opened.keep_cache, notifier.get()) {
+                    if let Err(e) = notifier.inval_inode(ino, -1, 0) {
+                        tracing::debug!(error = %e, "cannot drop the kernel's attributes of a file");
+                    }
+                }
+                r.opened(FileHandle(opened.fh), open_flags(opened))
+            },
         );
     }
 

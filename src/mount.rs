@@ -425,7 +425,7 @@ fn serve(
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();
     }
-    tracing::info!("unmounted");
+    tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "unmounted");
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }

@@ -98,13 +98,21 @@ fn print_human(status: &Status) {
     for s in &status.sessions {
         let session = &s.status.session;
         let state = if s.status.alive { "live" } else { "EXPIRED" };
+        let started = std::time::SystemTime::from(session.started);
+        let age = std::time::SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default()
+            .as_secs();
         println!(
-            "  {} {state:<7} host {} pid {} mountpoint {} version {} locks {}",
+            "  {} {state:<7} host {} pid {} mountpoint {} version {} started {}h{:02}m ago, {} files open, locks {}",
             session.id,
             session.host,
             session.pid,
             session.mountpoint,
             session.version,
+            age / 3600,
+            age / 60 % 60,
+            session.open.len(),
             s.locks.len()
         );
         for l in &s.locks {

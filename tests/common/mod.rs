@@ -288,6 +288,37 @@ pub fn mount_command(table: &str, mountpoint: &Path, extra_options: &str) -> Com
     cmd
 }
 
+/// Mount the embedded store at `db` (created if absent) on a fresh directory.
+pub fn mount_local(db: &Path) -> Mounted {
+    require_fuse();
+    let dir = tempfile::Builder::new()
+        .prefix("dynamofs-mnt")
+        .tempdir()
+        .unwrap();
+    let log = std::env::temp_dir().join(format!(
+        "{}.log",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    let out = Command::new(dynamofs_bin())
+        .arg("mount")
+        .arg(format!("local:{}", db.display()))
+        .arg(dir.path())
+        .arg("-o")
+        .arg(format!("logfile={}", log.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dynamofs mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted {
+        dir,
+        table: db.display().to_string(),
+        log,
+    }
+}
+
 /// Mount `table` (created if absent) on a fresh directory; the command returns once live.
 pub fn mount_table(table: &str, extra_options: &str) -> Mounted {
     let dir = tempfile::Builder::new()
