@@ -418,17 +418,23 @@ async fn delete_and_truncate_free_their_blocks() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_checker_finds_planted_inconsistencies() {
-    let store = common::dynamo_store("Fsck").await;
-    let fs = new_fs(store.clone(), FsConfig::default()).await;
+/// `/f` holding "data" and an empty `/d`, for the checker to start from.
+async fn a_file_and_a_directory(fs: &Fs) -> (dynamofs::records::Inode, dynamofs::records::Inode) {
     let (file, opened) = fs
         .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
         .await
         .unwrap();
     fs.write(opened.fh, 0, b"data").await.unwrap();
     fs.release(opened.fh).await.unwrap();
-    fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    let dir = fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    (file, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_finds_planted_inconsistencies() {
+    let store = common::dynamo_store("Fsck").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let (file, _) = a_file_and_a_directory(&fs).await;
     assert!(
         fs.check(&|_| {}).await.unwrap().problems.is_empty(),
         "a clean filesystem checks clean"
@@ -487,13 +493,7 @@ fn problems_text(report: &dynamofs::fs::CheckReport) -> String {
 async fn repair_fixes_every_kind_of_problem() {
     let store = common::dynamo_store("Repair").await;
     let fs = new_fs(store.clone(), FsConfig::default()).await;
-    let (file, opened) = fs
-        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
-        .await
-        .unwrap();
-    fs.write(opened.fh, 0, b"data").await.unwrap();
-    fs.release(opened.fh).await.unwrap();
-    let dir = fs.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap();
+    let (file, dir) = a_file_and_a_directory(&fs).await;
     let (_, opened) = fs
         .create(ME, ROOT_INO, b"gone", 0o644, libc::O_RDWR)
         .await

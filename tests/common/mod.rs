@@ -288,9 +288,8 @@ pub fn mount_command(table: &str, mountpoint: &Path, extra_options: &str) -> Com
     cmd
 }
 
-/// Mount the embedded store at `db` (created if absent) on a fresh directory.
-pub fn mount_local(db: &Path) -> Mounted {
-    require_fuse();
+/// An empty directory to mount on, and the log file its mount writes.
+fn fresh_mountpoint() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("dynamofs-mnt")
         .tempdir()
@@ -299,6 +298,13 @@ pub fn mount_local(db: &Path) -> Mounted {
         "{}.log",
         dir.path().file_name().unwrap().to_string_lossy()
     ));
+    (dir, log)
+}
+
+/// Mount the embedded store at `db` (created if absent) on a fresh directory.
+pub fn mount_local(db: &Path) -> Mounted {
+    require_fuse();
+    let (dir, log) = fresh_mountpoint();
     let out = Command::new(dynamofs_bin())
         .arg("mount")
         .arg(format!("local:{}", db.display()))
@@ -321,14 +327,7 @@ pub fn mount_local(db: &Path) -> Mounted {
 
 /// Mount `table` (created if absent) on a fresh directory; the command returns once live.
 pub fn mount_table(table: &str, extra_options: &str) -> Mounted {
-    let dir = tempfile::Builder::new()
-        .prefix("dynamofs-mnt")
-        .tempdir()
-        .unwrap();
-    let log = std::env::temp_dir().join(format!(
-        "{}.log",
-        dir.path().file_name().unwrap().to_string_lossy()
-    ));
+    let (dir, log) = fresh_mountpoint();
     let mut options = format!("logfile={}", log.display());
     if !extra_options.is_empty() {
         options = format!("{options},{extra_options}");
