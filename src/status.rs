@@ -40,10 +40,15 @@ pub struct SessionReport {
 pub struct LockReport {
     /// The locked file.
     pub ino: u64,
+    /// A path of it, when a short walk of the tree found one.
+    pub path: Option<String>,
     /// The lock.
     #[serde(flatten)]
     pub lock: Lock,
 }
+
+/// Directories `status` looks through for the paths of locked files.
+const PATH_SEARCH_DIRS: usize = 2000;
 
 /// Gather the status of the filesystem `fs`.
 pub async fn gather(fs: &Fs, source: String) -> Result<Status, crate::fs::FsError> {
@@ -51,8 +56,19 @@ pub async fn gather(fs: &Fs, source: String) -> Result<Status, crate::fs::FsErro
         .all_locks()
         .await?
         .into_iter()
-        .map(|(ino, lock)| LockReport { ino, lock })
+        .map(|(ino, lock)| LockReport {
+            ino,
+            path: None,
+            lock,
+        })
         .collect();
+    let locked: std::collections::BTreeSet<u64> = locks.iter().map(|l| l.ino).collect();
+    if !locked.is_empty() {
+        let paths = fs.paths_of(&locked, PATH_SEARCH_DIRS).await?;
+        for lock in &mut locks {
+            lock.path = paths.get(&lock.ino).cloned();
+        }
+    }
     let sessions = fs
         .sessions()
         .await?
@@ -82,6 +98,14 @@ fn range(lock: &Lock) -> String {
         format!("{}-EOF", lock.start)
     } else {
         format!("{}-{}", lock.start, lock.end)
+    }
+}
+
+/// The path of a locked file, or its inode number when none was found.
+fn locked_file(lock: &LockReport) -> String {
+    match &lock.path {
+        Some(path) => format!("{path} (ino {})", lock.ino),
+        None => format!("ino {}", lock.ino),
     }
 }
 
@@ -117,8 +141,8 @@ fn print_human(status: &Status) {
         );
         for l in &s.locks {
             println!(
-                "      ino {} {:?} bytes {} owner {:x} pid {}",
-                l.ino,
+                "      {} {:?} bytes {} owner {:x} pid {}",
+                locked_file(l),
                 l.lock.kind,
                 range(&l.lock),
                 l.lock.owner,
@@ -133,8 +157,8 @@ fn print_human(status: &Status) {
         );
         for l in &status.orphan_locks {
             println!(
-                "      ino {} {:?} bytes {} session {}",
-                l.ino,
+                "      {} {:?} bytes {} session {}",
+                locked_file(l),
                 l.lock.kind,
                 range(&l.lock),
                 l.lock.session

@@ -112,13 +112,24 @@ fn an_outage_past_the_retry_budget_is_eio_and_the_mount_recovers() {
     std::thread::sleep(Duration::from_millis(500));
     local.stop();
 
+    // A copy running into the outage fails with EIO once the budget is spent.
+    let tree = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        fs::write(tree.path().join(format!("f{i}")), content(i)).unwrap();
+    }
     let started = Instant::now();
-    let err = fs::write(m.join("during"), b"written into the outage")
-        .expect_err("without DynamoDB the write cannot succeed");
+    let copy = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(tree.path())
+        .arg(m.join("during"))
+        .output()
+        .unwrap();
     let took = started.elapsed();
-    println!("outage: the write failed after {took:?}: {err}");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(took < Duration::from_secs(15), "EIO only after {took:?}");
+    let said = String::from_utf8_lossy(&copy.stderr);
+    println!("outage: cp failed after {took:?}: {said}");
+    assert!(!copy.status.success());
+    assert!(said.contains("Input/output error"), "{said}");
+    assert!(took < Duration::from_secs(20), "EIO only after {took:?}");
     let log = fs::read_to_string(&m.log).unwrap();
     let warning = log
         .lines()

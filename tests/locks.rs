@@ -246,6 +246,7 @@ fn locks_of_a_killed_client_are_released_after_its_lease() {
         .unwrap()
         .clone();
     assert_eq!(session["locks"].as_array().unwrap().len(), 1);
+    assert_eq!(session["locks"][0]["path"], "/f", "{session}");
     let pid = session["pid"].as_i64().unwrap() as i32;
     // SAFETY: killing the mount daemon we started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::{
     dynamo_local, dynamofs_bin, is_dynamofs_mount, mount_command, mount_table, unique_table,
 };
+use dynamofs::simulator::{SimConfig, Simulator};
 
 const HELPER: &str = "/sbin/mount.fuse.dynamo";
 
@@ -253,6 +254,20 @@ fn bad_input_gets_clear_messages() {
         stderr(&out)
     );
     assert_no_debug_dump(&stderr(&out));
+    // Throttled past the retry budget: said as such, in one line.
+    let stingy = SimConfig {
+        latency: Duration::ZERO,
+        partition_write_units: 0.0,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start(local.addr(), stingy).unwrap();
+    let message = failed_mount(
+        &format!("aws:us-east-1/{}", unique_table("Stingy")),
+        &format!("endpoint={},retry_budget=2", sim.endpoint()),
+    );
+    assert!(message.contains("throttled"), "{message}");
+    assert!(message.contains("given up after"), "{message}");
+    assert_no_debug_dump(&message);
     for bad in ["notaurl", "ftp://host:1"] {
         let message = failed_mount("aws:us-east-1/Fine", &format!("endpoint={bad}"));
         assert!(message.contains("expected a URL such as"), "{message}");

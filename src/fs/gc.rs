@@ -111,6 +111,7 @@ impl Fs {
     /// just read.
     async fn collect_garbage(&self, live: &[Session]) -> FsResult<Collected> {
         let mut collected = Collected::default();
+        let mut deletable = Vec::new();
         for (sk, item) in self.query_all(Table::Meta, GARBAGE_PARTITION, None).await? {
             let SortKey::S(name) = sk else { continue };
             if let Some(ino) = name.strip_prefix(WRITERS_PREFIX) {
@@ -147,8 +148,7 @@ impl Fs {
                 if self.still_needed(&doomed, live) {
                     collected.waiting += 1;
                 } else {
-                    self.delete_doomed(doomed.ino).await?;
-                    collected.files += 1;
+                    deletable.push(doomed.ino);
                 }
             } else {
                 let cleanup: Cleanup = from_item(item)?;
@@ -163,6 +163,12 @@ impl Fs {
                 }
             }
         }
+        // After a big `rm -rf` there are many: side by side, not one after the other.
+        collected.files = stream::iter(deletable)
+            .map(|ino| self.delete_doomed(ino))
+            .buffer_unordered(PARALLEL_BLOCKS)
+            .try_fold(0, |n, ()| async move { Ok(n + 1) })
+            .await?;
         Ok(collected)
     }
 

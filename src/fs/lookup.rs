@@ -1,7 +1,11 @@
 //! lookup, getattr, access, readlink and statfs: the read-only metadata operations.
 
+use std::collections::{BTreeSet, HashMap};
+
 use super::{check_name, mode_allows, Caller, Fs, FsError, FsResult, FsStats};
-use crate::records::{FileKind, Inode};
+use crate::keys::{self, ROOT_INO};
+use crate::records::{from_item, Entry, FileKind, Inode};
+use crate::store::{SortKey, Table};
 
 impl Fs {
     /// Find `name` in directory `parent`.
@@ -36,6 +40,41 @@ impl Fs {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A path of each of `wanted` found by walking the tree from the root, looking at
+    /// no more than `max_dirs` directories (for `dynamofs status`: inodes have no
+    /// path of their own, and a big tree is not worth a full walk).
+    pub async fn paths_of(
+        &self,
+        wanted: &BTreeSet<u64>,
+        max_dirs: usize,
+    ) -> FsResult<HashMap<u64, String>> {
+        let mut found = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([(ROOT_INO, String::new())]);
+        let mut visited = 0;
+        while let Some((dir, path)) = queue.pop_front() {
+            if found.len() == wanted.len() || visited == max_dirs {
+                break;
+            }
+            visited += 1;
+            for (sk, item) in self
+                .query_all(Table::Meta, &keys::entries_partition(dir), None)
+                .await?
+            {
+                let SortKey::S(stored) = sk else { continue };
+                let entry: Entry = from_item(item)?;
+                let name = keys::decode_name(&stored).unwrap_or_default();
+                let child = format!("{path}/{}", String::from_utf8_lossy(&name));
+                if wanted.contains(&entry.ino) {
+                    found.entry(entry.ino).or_insert_with(|| child.clone());
+                }
+                if entry.kind == FileKind::Dir {
+                    queue.push_back((entry.ino, child));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The attributes of `ino`.

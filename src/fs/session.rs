@@ -16,6 +16,8 @@ use crate::store::{Condition, Table, Value, WriteOp, VERSION_ATTR};
 pub(super) const LEASE_HEARTBEATS: u64 = 3;
 /// Heartbeats an expired session's record is kept after its locks were released.
 const RETAIN_HEARTBEATS: u64 = 60;
+/// How long an unmount spends collecting garbage before it leaves the rest.
+const UNMOUNT_COLLECTION: Duration = Duration::from_secs(5);
 /// How long another session's liveness is trusted before it is read again.
 const LIVENESS_TTL: Duration = Duration::from_secs(1);
 
@@ -174,8 +176,14 @@ impl Fs {
                 if let Err(e) = fs.renew_session().await {
                     tracing::warn!(error = %e, "cannot renew the session lease");
                 }
-                if let Err(e) = fs.clean_up().await {
-                    tracing::warn!(error = %e, "cannot clean up after dead sessions or collect garbage");
+                // Never long enough to delay the next renewal: what is left waits for
+                // the next heartbeat (every step is a conditional write, safe to cut).
+                match tokio::time::timeout(heartbeat / 2, fs.clean_up()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot clean up after dead sessions or collect garbage")
+                    }
+                    Err(_) => tracing::debug!("garbage collection continues at the next heartbeat"),
                 }
             }
         }))
@@ -298,8 +306,10 @@ impl Fs {
         tracing::info!(session = %own.id, "session ended");
         // The last client to leave deletes what nobody holds open any more, instead of
         // leaving it to the next mount.
-        if let Err(e) = self.clean_up().await {
-            tracing::warn!(error = %e, "cannot collect garbage at unmount");
+        match tokio::time::timeout(UNMOUNT_COLLECTION, self.clean_up()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect garbage at unmount"),
+            Err(_) => tracing::info!("garbage left for the next client (or fsck --repair)"),
         }
         Ok(())
     }
