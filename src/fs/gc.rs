@@ -78,11 +78,7 @@ fn writing_sessions(item: &Item) -> (Vec<String>, u64) {
         .filter(|(_, v)| matches!(v, Value::N(n) if n == "1"))
         .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
         .collect();
-    let ver = match item.get(VERSION_ATTR) {
-        Some(Value::N(n)) => n.parse().unwrap_or(0),
-        _ => 0,
-    };
-    (sessions, ver)
+    (sessions, super::session::version_of(item))
 }
 
 /// When `session` last renewed its lease, by its own clock.

@@ -73,7 +73,8 @@ fn session_item(session: &Session, ver: u64) -> crate::store::Item {
     item
 }
 
-fn version_of(item: &crate::store::Item) -> u64 {
+/// The version a record carries in [`VERSION_ATTR`] (0 if none).
+pub(super) fn version_of(item: &crate::store::Item) -> u64 {
     match item.get(VERSION_ATTR) {
         Some(Value::N(n)) => n.parse().unwrap_or(0),
         _ => 0,
