@@ -419,6 +419,107 @@ async fn delete_and_truncate_free_their_blocks() {
 }
 
 /// `/f` holding "data" and an empty `/d`, for the checker to start from.
+/// A cleanup whose client is alive but did not finish it (its request failed, or its
+/// collection was cut short by the end of its time slot after the commit): that
+/// client's own collector takes it up again, instead of waiting for it to die. And a
+/// collector that takes up a cleanup late never deletes what was written since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_left_unfinished_by_a_live_client_is_finished_by_it() {
+    let store = common::dynamo_store("Unfinished").await;
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let session = fs
+        .register_session("/unfinished", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stripes = fs.format_record().stripes;
+    let bs = fs.format_record().block_size;
+    let (inode, opened) = fs
+        .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, &vec![7u8; (bs * 3) as usize])
+        .await
+        .unwrap();
+    fs.release(opened.fh).await.unwrap();
+    fs.setattr(
+        ME,
+        inode.ino,
+        SetAttr {
+            size: Some(bs),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored_blocks(&store, inode.ino, stripes).await, vec![0]);
+
+    // What the truncation would have left had its block deletes not happened.
+    let mut block = Item::default();
+    block.insert("d".into(), dynamofs::store::Value::B(vec![7; 16]));
+    let mut planted = vec![WriteOp::Put {
+        key: keys::cleanup_key(inode.ino),
+        item: to_item(&dynamofs::records::Cleanup {
+            ino: inode.ino,
+            keep: bs,
+            stored: bs * 3,
+            session: Some(session),
+        }),
+        cond: Condition::None,
+    }];
+    planted.extend((1..3).map(|idx| WriteOp::Put {
+        key: keys::block_key(inode.ino, idx, stripes),
+        item: block.clone(),
+        cond: Condition::None,
+    }));
+    for op in planted {
+        store.write(op).await.unwrap();
+    }
+
+    assert_eq!(fs.clean_up().await.unwrap().cleanups, 1);
+    assert_eq!(stored_blocks(&store, inode.ino, stripes).await, vec![0]);
+    let report = fs.check(&|_| {}).await.unwrap();
+    assert_eq!(report.pending_cleanups, 0);
+    assert!(report.problems.is_empty(), "{}", problems_text(&report));
+
+    // A dead client's cleanup, taken up only after the file grew again: what was
+    // written since stays.
+    let grown = vec![8u8; (bs * 3) as usize];
+    let opened = fs.open(ME, inode.ino, libc::O_RDWR).await.unwrap();
+    fs.write(opened.fh, 0, &grown).await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    store
+        .write(WriteOp::Put {
+            key: keys::cleanup_key(inode.ino),
+            item: to_item(&dynamofs::records::Cleanup {
+                ino: inode.ino,
+                keep: bs / 2,
+                stored: bs * 3,
+                session: Some("0000000000dead00".into()),
+            }),
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fs.clean_up().await.unwrap().cleanups, 1);
+    let opened = fs.open(ME, inode.ino, libc::O_RDONLY).await.unwrap();
+    let mut back = Vec::new();
+    while back.len() < grown.len() {
+        let part = fs
+            .read(opened.fh, back.len() as u64, bs as u32)
+            .await
+            .unwrap();
+        assert!(!part.is_empty(), "ended early at {}", back.len());
+        back.extend(part);
+    }
+    assert!(
+        back == grown,
+        "data written after the cleanup was recorded got lost"
+    );
+    fs.release(opened.fh).await.unwrap();
+    assert_eq!(fs.check(&|_| {}).await.unwrap().pending_cleanups, 0);
+    fs.unregister_session().await.unwrap();
+}
+
 async fn a_file_and_a_directory(fs: &Fs) -> (dynamofs::records::Inode, dynamofs::records::Inode) {
     let (file, opened) = fs
         .create(ME, ROOT_INO, b"f", 0o644, libc::O_RDWR)

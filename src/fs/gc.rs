@@ -5,7 +5,9 @@
 //!
 //! - a **cleanup** (`g:`/`<ino>`): blocks past a size that a truncation or deletion left
 //!   behind. The client that committed it deletes them at once; if it died first, any
-//!   live client finishes the job once that client's lease has run out.
+//!   live client finishes the job once that client's lease has run out. One it left
+//!   unfinished while alive (a failed request, or a collection cut short by the end of
+//!   its time slot) its own collector takes up again.
 //! - a **doomed file** (`g:`/`u<ino>`): a regular file whose last name went away. It may
 //!   still be open on any client, and POSIX says its data lives until the last close,
 //!   so it is deleted only once every live session has renewed its lease since then
@@ -25,6 +27,9 @@
 //! conditional, so two collectors never collide; one that loses a race finds nothing
 //! left to do.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::blocks::{BlockRecord, PARALLEL_BLOCKS};
@@ -33,7 +38,7 @@ use super::{Fs, FsError, FsResult};
 use crate::keys::{self, DOOMED_PREFIX, GARBAGE_PARTITION, WRITERS_PREFIX};
 use crate::records::{from_item, Cleanup, Doomed, FileKind, Inode, Session};
 use crate::store::{
-    Condition, Item, Key, SortKey, StoreError, Table, Value, WriteOp, MAX_TRANSACTION_ITEMS,
+    Condition, Item, SortKey, StoreError, Table, Value, WriteOp, MAX_TRANSACTION_ITEMS,
     VERSION_ATTR,
 };
 
@@ -47,12 +52,66 @@ const SMALL_DELETE_BYTES: u64 = 64 * 1024;
 pub struct Collected {
     /// Doomed files deleted.
     pub files: usize,
-    /// Cleanups of dead clients finished.
+    /// Cleanups of dead clients, or left unfinished by this one, finished.
     pub cleanups: usize,
     /// Files whose blocks past the end a dead writer left were deleted.
     pub past_end: usize,
     /// Doomed files still open somewhere, or not yet seen by every live session.
     pub waiting: usize,
+}
+
+/// The files whose cleanups this client is working on now (committing or deleting
+/// their blocks), so that its collector leaves those to the task doing them. Counted:
+/// two operations may trim the same file at once.
+#[derive(Default)]
+pub(super) struct CleaningNow(Mutex<HashMap<u64, usize>>);
+
+/// Cleanups being worked on until this is dropped (also when its task is cancelled).
+pub(super) struct Cleaning<'a> {
+    now: &'a CleaningNow,
+    inos: Vec<u64>,
+}
+
+impl CleaningNow {
+    /// Mark the cleanups of `inos` as being worked on until the guard is dropped.
+    pub(super) fn hold(&self, inos: Vec<u64>) -> Cleaning<'_> {
+        let mut busy = self.0.lock().unwrap();
+        for ino in &inos {
+            *busy.entry(*ino).or_default() += 1;
+        }
+        Cleaning { now: self, inos }
+    }
+
+    /// Whether a cleanup of `ino` is being worked on now.
+    fn busy(&self, ino: u64) -> bool {
+        self.0.lock().unwrap().contains_key(&ino)
+    }
+}
+
+impl Drop for Cleaning<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.now.0.lock().unwrap();
+        for ino in &self.inos {
+            if let Some(n) = busy.get_mut(ino) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(ino);
+                }
+            }
+        }
+    }
+}
+
+/// What a collector read of a file before deleting any of its blocks.
+struct Settled {
+    /// Its recorded size (0 if it is gone).
+    size: u64,
+    /// Whether its data is inline (then every block in the blocks table is stray).
+    inline: bool,
+    /// Its cleanup record, if any.
+    cleanup: Option<Cleanup>,
+    /// Checks that hold as long as the inode and the writers record are as read.
+    guards: Vec<WriteOp>,
 }
 
 /// The write that sets `session`'s attribute of the writers record of `ino`.
@@ -124,9 +183,10 @@ impl Fs {
                         ino,
                         "deleting the blocks a dead client wrote past a file's end"
                     );
-                    match self.delete_past_end(ino, ver).await {
-                        Ok(()) => collected.past_end += 1,
+                    match self.delete_past_end(ino, live).await {
+                        Ok(true) => collected.past_end += 1,
                         // A live writer registered meanwhile: its record, its turn.
+                        Ok(false) => continue,
                         Err(e) if e.is_conflict() => continue,
                         Err(e) => return Err(e),
                     }
@@ -148,14 +208,16 @@ impl Fs {
                 }
             } else {
                 let cleanup: Cleanup = from_item(item)?;
-                let owner_alive = cleanup
-                    .session
-                    .as_deref()
-                    .is_some_and(|owner| live.iter().any(|s| s.id == owner));
-                if !owner_alive {
-                    tracing::info!(ino = cleanup.ino, "finishing the cleanup of a dead client");
-                    self.finish_cleanup(cleanup).await;
-                    collected.cleanups += 1;
+                let owner = cleanup.session.as_deref();
+                let mine = owner.is_some() && owner == self.session_id();
+                if !mine && owner.is_some_and(|owner| live.iter().any(|s| s.id == owner)) {
+                    continue;
+                }
+                match self.take_up_cleanup(&cleanup, live).await {
+                    Ok(true) => collected.cleanups += 1,
+                    Ok(false) => {}
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -197,21 +259,146 @@ impl Fs {
         }
     }
 
-    /// Delete the blocks of `ino` past its recorded size (and a stray block 0 of an
-    /// inline file), each transaction conditioned on the writers record still being at
-    /// version `ver`. A file that is gone loses all its blocks.
-    async fn delete_past_end(&self, ino: u64, ver: u64) -> FsResult<()> {
+    /// Finish a cleanup that its client left: a dead one's, or one of this client's
+    /// that failed or was cut short. Unlike the committing client, which trims at once
+    /// and alone, a collector may come much later, when the file has grown again or is
+    /// being written: it reads the file fresh, keeps everything up to its size now,
+    /// and deletes only under conditions that fail if the file changed meanwhile.
+    /// Returns whether it finished the cleanup (false: not now, or not any more).
+    async fn take_up_cleanup(&self, listed: &Cleanup, live: &[Session]) -> FsResult<bool> {
+        let ino = listed.ino;
+        if self.cleaning.busy(ino) {
+            // This client is committing or trimming it right now.
+            return Ok(false);
+        }
+        let _cleaning = self.cleaning.hold(vec![ino]);
+        let Some(mut file) = self.settled(ino, live).await? else {
+            return Ok(false);
+        };
+        if file.cleanup.as_ref().map(|c| c.stored) != Some(listed.stored) {
+            // Finished, or replaced by a later one, since it was listed.
+            return Ok(false);
+        }
+        tracing::info!(ino, owner = ?listed.session, "finishing a cleanup its client left");
+        let recorded = WriteOp::Check {
+            key: keys::cleanup_key(ino),
+            cond: Condition::NumberIs("stored", listed.stored),
+        };
+        file.guards.push(recorded);
+        self.trim_guarded(ino, listed.keep.max(file.size), &file)
+            .await?;
+        let done = WriteOp::Delete {
+            key: keys::cleanup_key(ino),
+            cond: Condition::NumberIs("stored", listed.stored),
+        };
+        match self.store.write(done).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Delete the blocks a dead writer left past the recorded end of `ino` (and a stray
+    /// block 0 of an inline file; every block of a file that is gone). Returns false if
+    /// a live client is writing it now.
+    async fn delete_past_end(&self, ino: u64, live: &[Session]) -> FsResult<bool> {
+        let Some(file) = self.settled(ino, live).await? else {
+            return Ok(false);
+        };
+        self.trim_guarded(ino, file.size, &file).await?;
+        Ok(true)
+    }
+
+    /// Read, with one request, what decides which blocks of `ino` a collector may
+    /// delete. None while a live client may be writing blocks past its end.
+    async fn settled(&self, ino: u64, live: &[Session]) -> FsResult<Option<Settled>> {
+        let keys = [
+            keys::inode_key(ino),
+            keys::writers_key(ino),
+            keys::cleanup_key(ino),
+        ];
+        let mut items = self.store.batch_get(&keys).await?.into_iter();
+        let (inode, writers, cleanup) = (
+            items.next().flatten(),
+            items.next().flatten(),
+            items.next().flatten(),
+        );
+        let (writing, writers_guard) = match &writers {
+            Some(item) => {
+                let (writing, ver) = writing_sessions(item);
+                (writing, Condition::VersionIs(ver))
+            }
+            None => (Vec::new(), Condition::Absent),
+        };
+        if writing.iter().any(|w| live.iter().any(|s| &s.id == w)) {
+            return Ok(None);
+        }
+        let (size, inline, inode_guard) = match inode {
+            Some(item) => {
+                let inode: Inode = from_item(item)?;
+                (inode.size, inode.inline, Condition::VersionIs(inode.ver))
+            }
+            None => (0, false, Condition::Absent),
+        };
+        Ok(Some(Settled {
+            size,
+            inline,
+            cleanup: cleanup.map(from_item).transpose()?,
+            guards: vec![
+                WriteOp::Check {
+                    key: keys::inode_key(ino),
+                    cond: inode_guard,
+                },
+                WriteOp::Check {
+                    key: keys::writers_key(ino),
+                    cond: writers_guard,
+                },
+            ],
+        }))
+    }
+
+    /// Delete the blocks-table blocks of `ino` past byte `keep` (trimming the one that
+    /// holds it; all of them if the file is inline), in transactions that also check
+    /// `file.guards`, so that nothing is deleted if the file changed since it was read.
+    async fn trim_guarded(&self, ino: u64, keep: u64, file: &Settled) -> FsResult<()> {
         let bs = self.format.block_size;
-        let (first_dead, inline) = match self.load_inode(ino, true).await {
-            Ok(inode) => (inode.size.div_ceil(bs), inode.inline),
-            Err(FsError::Stale) => (0, false),
-            Err(e) => return Err(e),
+        let mut ops = Vec::new();
+        let first_dead = match file.inline {
+            true => 0,
+            false => keep.div_ceil(bs),
         };
-        let after = match inline {
-            true => None,
-            false => first_dead.checked_sub(1).map(SortKey::N),
-        };
-        let mut doomed = Vec::new();
+        if !file.inline && keep % bs != 0 {
+            let idx = keep / bs;
+            if let Some(item) = self
+                .store
+                .get(&keys::block_key(ino, idx, self.format.stripes))
+                .await?
+            {
+                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
+                if block.len() as u64 > keep - idx * bs {
+                    block.truncate((keep - idx * bs) as usize);
+                    ops.push(self.block_put(ino, idx, &block));
+                }
+            }
+        }
+        ops.extend(
+            self.stored_block_indices(ino, first_dead)
+                .await?
+                .into_iter()
+                .map(|idx| self.block_delete(ino, idx)),
+        );
+        for chunk in ops.chunks(MAX_TRANSACTION_ITEMS - file.guards.len()) {
+            let mut tx = file.guards.clone();
+            tx.extend_from_slice(chunk);
+            self.store.transact(tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The indices of the blocks of `ino` stored in the blocks table from `first` on,
+    /// found by querying each stripe.
+    async fn stored_block_indices(&self, ino: u64, first: u64) -> FsResult<Vec<u64>> {
+        let after = first.checked_sub(1).map(SortKey::N);
+        let mut found = Vec::new();
         for stripe in 0..self.format.stripes {
             let partition = keys::block_partition(ino, stripe);
             for (sk, _) in self
@@ -219,22 +406,11 @@ impl Fs {
                 .await?
             {
                 if let SortKey::N(idx) = sk {
-                    if idx >= first_dead || (idx == 0 && inline) {
-                        doomed.push(idx);
-                    }
+                    found.push(idx);
                 }
             }
         }
-        let guard = WriteOp::Check {
-            key: keys::writers_key(ino),
-            cond: Condition::VersionIs(ver),
-        };
-        for chunk in doomed.chunks(MAX_TRANSACTION_ITEMS - 1) {
-            let mut ops = vec![guard.clone()];
-            ops.extend(chunk.iter().map(|idx| self.block_delete(ino, *idx)));
-            self.store.transact(ops).await?;
-        }
-        Ok(())
+        Ok(found)
     }
 
     /// Whether a doomed file may still be open on some live client.
@@ -325,30 +501,16 @@ impl Fs {
         }
         let first_dead = keep.div_ceil(bs);
         let end = stored.div_ceil(bs);
-        let doomed: Vec<Key> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
-            (first_dead..end)
-                .map(|i| keys::block_key(ino, i, stripes))
-                .collect()
+        let doomed: Vec<u64> = if end.saturating_sub(first_dead) <= DIRECT_DELETE_BLOCKS {
+            (first_dead..end).collect()
         } else {
-            let mut found = Vec::new();
-            for stripe in 0..stripes {
-                let partition = keys::block_partition(ino, stripe);
-                let after = first_dead.checked_sub(1).map(SortKey::N);
-                let items = self.query_all(Table::Blocks, &partition, after).await?;
-                found.extend(items.into_iter().map(|(sk, _)| Key {
-                    table: Table::Blocks,
-                    pk: partition.clone(),
-                    sk,
-                }));
-            }
-            found
+            self.stored_block_indices(ino, first_dead).await?
         };
-        stream::iter(doomed.into_iter().map(|key| {
-            self.store.write(WriteOp::Delete {
-                key,
-                cond: Condition::None,
-            })
-        }))
+        stream::iter(
+            doomed
+                .into_iter()
+                .map(|idx| self.store.write(self.block_delete(ino, idx))),
+        )
         .buffer_unordered(PARALLEL_BLOCKS)
         .try_collect::<Vec<()>>()
         .await?;

@@ -167,6 +167,7 @@ pub struct Fs {
     session: std::sync::OnceLock<session::OwnSession>,
     liveness: session::Liveness,
     locks: locks::HeldLocks,
+    cleaning: gc::CleaningNow,
 }
 
 enum Handle {
@@ -224,6 +225,7 @@ impl Fs {
             session: std::sync::OnceLock::new(),
             liveness: session::Liveness::default(),
             locks: locks::HeldLocks::default(),
+            cleaning: gc::CleaningNow::default(),
         })
     }
 
@@ -397,6 +399,8 @@ impl Fs {
     /// Commit `tx`, bring this client's caches up to date with what it changed, and
     /// delete the blocks it made garbage. Returns the inodes as now stored.
     async fn commit(&self, tx: tx::Tx) -> FsResult<std::collections::BTreeMap<u64, Inode>> {
+        // From before the commit, so this client's collector never takes them up too.
+        let _cleaning = self.cleaning.hold(tx.cleanup_inos());
         let done = tx.commit(self.store.as_ref(), self.session_id()).await?;
         for (dir, name, entry) in &done.entries {
             self.cache_entry(*dir, name, *entry);

@@ -89,6 +89,11 @@ impl Tx {
         }
     }
 
+    /// The files this transaction records cleanups of.
+    pub(super) fn cleanup_inos(&self) -> Vec<u64> {
+        self.cleanups.iter().map(|c| c.ino).collect()
+    }
+
     /// The time this operation happened at.
     pub(super) fn now(&self) -> Timestamp {
         self.now
