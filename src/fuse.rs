@@ -282,6 +282,9 @@ impl Filesystem for DynamoFuse {
         if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
             tracing::warn!(error = %e, "cannot remove the session record");
         }
+        if let Err(e) = self.rt.block_on(self.fs.sync()) {
+            tracing::warn!(error = %e, "cannot make the last writes durable");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

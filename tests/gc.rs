@@ -9,11 +9,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{dynamo_config, mount_table, unique_table};
+use common::{mount_table, unique_table};
 use dynamofs::keys;
 use dynamofs::records::{from_item, Format};
-use dynamofs::store::dynamo::DynamoStore;
-use dynamofs::store::{Store, Table};
+use dynamofs::store::Table;
 
 fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -25,7 +24,7 @@ fn content(len: usize, seed: u8) -> Vec<u8> {
 fn stored_blocks(table: &str, ino: u64) -> usize {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = DynamoStore::connect(&dynamo_config(table)).await.unwrap();
+        let store = common::open_store(table).await;
         let format: Format =
             from_item(store.get(&keys::format_key()).await.unwrap().unwrap()).unwrap();
         let mut blocks = 0;

@@ -464,3 +464,62 @@ async fn dynamodb_store_conforms() {
     let store = common::dynamo_store("Conform").await;
     suite(store).await;
 }
+
+/// Two processes' worth of stores on one file: what one writes, the other reads at
+/// once, and their conditional writes exclude each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_embedded_stores_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fs.db");
+    let a = EmbeddedStore::open(&path).unwrap();
+    let b = EmbeddedStore::open(&path).unwrap();
+    let key = Key {
+        table: Table::Meta,
+        pk: "p".into(),
+        sk: SortKey::S("s".into()),
+    };
+    let create = WriteOp::Put {
+        key: key.clone(),
+        item: Item::default(),
+        cond: Condition::Absent,
+    };
+    a.write(create.clone()).await.unwrap();
+    assert!(b.get(&key).await.unwrap().is_some());
+    assert!(matches!(b.write(create).await, Err(StoreError::Conflict)));
+    b.sync().await.unwrap();
+    let space = a.space().unwrap().expect("a local file knows its space");
+    assert!(space.used_bytes > 0 && space.used_bytes <= space.file_bytes);
+}
+
+/// A store file of dynamofs 0.1 (redb, items as JSON) is converted on first open, and
+/// the original kept beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamofs_0_1_file_is_converted_on_open() {
+    use redb::TableDefinition;
+    const ITEMS: TableDefinition<(u8, &str, &[u8]), &[u8]> = TableDefinition::new("items");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let block = Key {
+        table: Table::Blocks,
+        pk: "7:0".into(),
+        sk: SortKey::N(3),
+    };
+    let mut item = Item::default();
+    item.insert("d".into(), Value::B(vec![1, 2, 3]));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(ITEMS).unwrap();
+            let raw = serde_json::to_vec(&block.stored_item(&item)).unwrap();
+            table
+                .insert((1u8, "7:0", &3u64.to_be_bytes()[..]), raw.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let got = store.get(&block).await.unwrap().expect("converted item");
+    assert_eq!(got.get("d"), Some(&Value::B(vec![1, 2, 3])));
+    assert!(dir.path().join("old.db.redb-backup").exists());
+}

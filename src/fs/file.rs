@@ -599,12 +599,14 @@ impl Fs {
     /// Make the file's writes and attribute changes durable in the store.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _, _) = self.file_handle(fh)?;
-        self.flush_open_file(ino).await
+        self.flush_open_file(ino).await?;
+        self.sync().await
     }
 
-    /// Make a directory's held attribute changes durable (its entries always are).
+    /// Make a directory's held attribute changes durable, and its entries.
     pub async fn fsyncdir(&self, ino: u64) -> FsResult<()> {
-        self.write_held(ino).await
+        self.write_held(ino).await?;
+        self.sync().await
     }
 
     /// Close a handle. (A file with no name left is deleted by garbage collection

@@ -104,17 +104,31 @@ impl Fs {
         Ok(inode.target)
     }
 
-    /// Capacity figures. DynamoDB has no fixed capacity, so, like other network
-    /// filesystems, dynamofs reports a large constant (1 PiB, 2^40 inodes) as free.
+    /// Capacity figures. A local store reports the space its file takes and what is
+    /// left on its disk. DynamoDB has no fixed capacity, so, like other network
+    /// filesystems, dynamofs reports a large constant (1 PiB) as free; inodes are
+    /// always a large constant (2^40).
     pub fn statfs(&self) -> FsStats {
         let block_size = self.format.block_size;
-        let blocks = (1u64 << 50) / block_size;
+        let (blocks, free_blocks) = match self.store.space() {
+            Ok(Some(space)) => (
+                (space.used_bytes + space.available_bytes) / block_size,
+                space.available_bytes / block_size,
+            ),
+            Ok(None) | Err(_) => ((1u64 << 50) / block_size, (1u64 << 50) / block_size),
+        };
         FsStats {
             block_size,
             blocks,
-            free_blocks: blocks,
+            free_blocks,
             files: 1 << 40,
             free_files: 1 << 40,
         }
+    }
+
+    /// Make everything written so far durable (`fsync` does this for one file; an
+    /// unmount does it last).
+    pub async fn sync(&self) -> FsResult<()> {
+        Ok(self.store.sync().await?)
     }
 }

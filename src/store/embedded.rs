@@ -1,27 +1,68 @@
-//! The embedded backend: both tables in one local file (redb), no server.
+//! The embedded backend: both tables in one local SQLite file, no server.
 //!
-//! Every write runs in one redb write transaction, which serializes all writers of
-//! the file, so conditions are checked against exactly the state they change.
-//! Only one process may open the file at a time (redb locks it).
+//! Why SQLite (through rusqlite, built in): several processes must share one file —
+//! two mounts of it behave as two clients of one DynamoDB table, and `dynamofs status`
+//! and `fsck` read a mounted file — and SQLite's write-ahead log is made for exactly
+//! that: readers never wait for the writer, writers of all processes take turns on
+//! one lock, and a process killed at any moment leaves the last commit intact. redb,
+//! which this store used before, locks its file for one process.
+//!
+//! - Every write runs in one `BEGIN IMMEDIATE` transaction, which holds the file's
+//!   write lock across processes, so conditions are checked against exactly the state
+//!   they change.
+//! - Commits are not flushed to the disk one by one (`synchronous=NORMAL`): a killed
+//!   process loses nothing committed, and only a power cut can lose the last commits,
+//!   never consistency. [`Store::sync`] (what `fsync` calls) flushes the log, which
+//!   makes every commit before it durable.
+//! - Space of deleted and overwritten data goes to SQLite's free list and is reused for
+//!   new data; when more than a quarter of the file is free, the free pages are given
+//!   back to the operating system a slice at a time (`auto_vacuum=INCREMENTAL`).
+//! - A block's bytes (attribute `d`) are kept raw in their own column, the other
+//!   attributes as JSON.
+//! - A file made by dynamofs 0.1 (redb) is converted on first open; the original is
+//!   kept beside it as `PATH.redb-backup`.
 
-use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    Condition, Item, Key, Page, SortKey, Store, StoreError, Table, Value, WriteOp, VERSION_ATTR,
+    Condition, Item, Key, Page, SortKey, Store, StoreError, StoreSpace, Table, Value, WriteOp,
+    VERSION_ATTR,
 };
 
-/// (table, hash key, encoded range key) -> JSON of the item.
-const ITEMS: TableDefinition<(u8, &str, &[u8]), &[u8]> = TableDefinition::new("items");
+/// `PRAGMA application_id` of a dynamofs store file ("dyfs").
+const APPLICATION_ID: i64 = 0x6479_6673;
+/// The layout version of the file, in `PRAGMA user_version`.
+const LAYOUT_VERSION: i64 = 1;
+/// Large enough that a 256 KiB block spans few overflow pages, small enough that a
+/// metadata commit writes little to the log.
+const PAGE_SIZE: i64 = 16 * 1024;
+/// The attribute whose bytes are kept in their own column.
+const DATA_ATTR: &str = "d";
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Commits between two looks at how much of the file is free.
+const VACUUM_CHECK_EVERY: u64 = 512;
+/// Free pages given back to the operating system per step (16 MiB).
+const VACUUM_STEP_PAGES: i64 = 1024;
 
-/// A [`Store`] kept in one local file.
+/// A [`Store`] kept in one local file, shared by every process that opens it.
 pub struct EmbeddedStore {
-    db: Database,
+    inner: Arc<Inner>,
     requests: AtomicU64,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// This process's writing connection (one writer at a time per file anyway).
+    writer: Mutex<Connection>,
+    /// Idle reading connections; a read takes one or opens another.
+    readers: Mutex<Vec<Connection>>,
+    commits: AtomicU64,
 }
 
 impl EmbeddedStore {
@@ -38,17 +79,18 @@ impl EmbeddedStore {
                 dir.display()
             )));
         }
-        let db = Database::create(path).map_err(|e| {
-            StoreError::fatal(format!(
-                "cannot open {} as a dynamofs store: {e}",
-                path.display()
-            ))
-        })?;
-        let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(ITEMS).map_err(backend)?;
-        txn.commit().map_err(backend)?;
+        if is_redb_file(path)? {
+            migrate_redb(path)?;
+        }
+        let writer = connect(path)?;
+        init_layout(&writer, path)?;
         Ok(EmbeddedStore {
-            db,
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                commits: AtomicU64::new(0),
+            }),
             requests: AtomicU64::new(0),
         })
     }
@@ -59,8 +101,17 @@ impl EmbeddedStore {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn count(&self) {
+    /// Run `f` off the async threads: SQLite calls block, on the disk and on other
+    /// processes' transactions.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(backend)?
     }
 }
 
@@ -68,7 +119,92 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::fatal(format!("embedded store: {e}"))
 }
 
-fn table_id(table: Table) -> u8 {
+/// SQLite errors: a lock held past the busy timeout may clear, anything else is fatal.
+fn sqlite(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Backend {
+                message: format!("embedded store busy: {e}"),
+                transient: true,
+            }
+        }
+        _ => backend(e),
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| {
+        StoreError::fatal(format!(
+            "cannot open {} as a dynamofs store: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite)?;
+    Ok(conn)
+}
+
+/// Create the table in a new file, or check that an existing file is a dynamofs store
+/// of a layout this build reads.
+fn init_layout(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let refuse = |what: String| {
+        StoreError::fatal(format!(
+            "{} is not a dynamofs store: {what}; give local: the path of a dynamofs store or of a new file",
+            path.display()
+        ))
+    };
+    let id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| refuse(e.to_string()))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if id == APPLICATION_ID {
+        if version > LAYOUT_VERSION {
+            return Err(StoreError::fatal(format!(
+                "{} was written by a newer dynamofs (layout {version}, this build reads up to {LAYOUT_VERSION}): \
+                 open it with that release",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        return Ok(());
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if id != 0 || tables != 0 {
+        return Err(refuse("it is another application's SQLite database".into()));
+    }
+    // Both settings only take effect before the first table is created.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .map_err(sqlite)?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(sqlite)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite)?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS items (
+             tbl INTEGER NOT NULL, pk TEXT NOT NULL, sk BLOB NOT NULL,
+             attrs BLOB NOT NULL, data BLOB,
+             PRIMARY KEY (tbl, pk, sk));
+         PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {LAYOUT_VERSION};
+         COMMIT;"
+    ))
+    .map_err(sqlite)
+}
+
+fn table_id(table: Table) -> i64 {
     match table {
         Table::Meta => 0,
         Table::Blocks => 1,
@@ -82,29 +218,72 @@ fn encode_sort_key(sk: &SortKey) -> Vec<u8> {
     }
 }
 
-fn decode_sort_key(table: Table, raw: &[u8]) -> Result<SortKey, StoreError> {
+fn decode_sort_key(table: Table, raw: Vec<u8>) -> Result<SortKey, StoreError> {
     match table {
-        Table::Meta => String::from_utf8(raw.to_vec())
-            .map(SortKey::S)
-            .map_err(backend),
-        Table::Blocks => raw
-            .try_into()
+        Table::Meta => String::from_utf8(raw).map(SortKey::S).map_err(backend),
+        Table::Blocks => <[u8; 8]>::try_from(raw.as_slice())
             .map(|b| SortKey::N(u64::from_be_bytes(b)))
             .map_err(backend),
     }
 }
 
-fn decode_item(raw: &[u8]) -> Result<Item, StoreError> {
-    serde_json::from_slice(raw).map_err(backend)
+/// An item as stored: its attributes (with the key's) as JSON, and the bytes of `d`.
+fn encode_item(key: &Key, item: &Item) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+    let mut stored = key.stored_item(item);
+    let data = match stored.remove(DATA_ATTR) {
+        Some(Value::B(bytes)) => Some(bytes),
+        Some(other) => {
+            stored.insert(DATA_ATTR.to_string(), other);
+            None
+        }
+        None => None,
+    };
+    Ok((serde_json::to_vec(&stored).map_err(backend)?, data))
 }
 
-fn read_item(txn: &WriteTransaction, key: &Key) -> Result<Option<Item>, StoreError> {
-    let table = txn.open_table(ITEMS).map_err(backend)?;
-    let sk = encode_sort_key(&key.sk);
-    let found = table
-        .get((table_id(key.table), key.pk.as_str(), sk.as_slice()))
-        .map_err(backend)?;
-    found.map(|v| decode_item(v.value())).transpose()
+fn decode_item(attrs: &[u8], data: Option<Vec<u8>>) -> Result<Item, StoreError> {
+    let mut item: Item = serde_json::from_slice(attrs).map_err(backend)?;
+    if let Some(bytes) = data {
+        item.insert(DATA_ATTR.to_string(), Value::B(bytes));
+    }
+    Ok(item)
+}
+
+fn read_item(conn: &Connection, key: &Key) -> Result<Option<Item>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT attrs, data FROM items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3")
+        .map_err(sqlite)?;
+    let row = stmt
+        .query_row(
+            params![
+                table_id(key.table),
+                key.pk.as_str(),
+                encode_sort_key(&key.sk)
+            ],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+        )
+        .optional()
+        .map_err(sqlite)?;
+    row.map(|(attrs, data)| decode_item(&attrs, data))
+        .transpose()
+}
+
+fn put_item(conn: &Connection, key: &Key, item: &Item) -> Result<(), StoreError> {
+    let (attrs, data) = encode_item(key, item)?;
+    conn.prepare_cached(
+        "INSERT INTO items (tbl, pk, sk, attrs, data) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tbl, pk, sk) DO UPDATE SET attrs = excluded.attrs, data = excluded.data",
+    )
+    .map_err(sqlite)?
+    .execute(params![
+        table_id(key.table),
+        key.pk.as_str(),
+        encode_sort_key(&key.sk),
+        attrs,
+        data
+    ])
+    .map_err(sqlite)?;
+    Ok(())
 }
 
 fn number_of(item: &Item, attr: &str) -> Option<u64> {
@@ -124,24 +303,23 @@ fn holds(cond: &Condition, current: Option<&Item>) -> bool {
     }
 }
 
-fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StoreError> {
+/// Apply one write inside an open write transaction, if its condition holds.
+fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let key = op.key();
     let (WriteOp::Put { cond, .. }
     | WriteOp::Update { cond, .. }
     | WriteOp::Delete { cond, .. }
     | WriteOp::Check { cond, .. }) = op;
-    let current = read_item(txn, key)?;
+    let needs_current = !matches!(cond, Condition::None) || matches!(op, WriteOp::Update { .. });
+    let current = match needs_current {
+        true => read_item(conn, key)?,
+        false => None,
+    };
     if !holds(cond, current.as_ref()) {
         return Err(StoreError::Conflict);
     }
-    let mut table = txn.open_table(ITEMS).map_err(backend)?;
-    let sk = encode_sort_key(&key.sk);
-    let k = (table_id(key.table), key.pk.as_str(), sk.as_slice());
     match op {
-        WriteOp::Put { item, .. } => {
-            let raw = serde_json::to_vec(&key.stored_item(item)).map_err(backend)?;
-            table.insert(k, raw.as_slice()).map_err(backend)?;
-        }
+        WriteOp::Put { item, .. } => put_item(conn, key, item)?,
         WriteOp::Update { set, add, .. } => {
             let mut item = current.unwrap_or_default();
             item.extend(set.clone().into_inner());
@@ -152,27 +330,113 @@ fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StoreError> {
                 };
                 item.insert(attr.clone(), Value::N((now + delta).to_string()));
             }
-            let raw = serde_json::to_vec(&key.stored_item(&item)).map_err(backend)?;
-            table.insert(k, raw.as_slice()).map_err(backend)?;
+            put_item(conn, key, &item)?;
         }
         WriteOp::Delete { .. } => {
-            table.remove(k).map_err(backend)?;
+            conn.prepare_cached("DELETE FROM items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3")
+                .map_err(sqlite)?
+                .execute(params![
+                    table_id(key.table),
+                    key.pk.as_str(),
+                    encode_sort_key(&key.sk)
+                ])
+                .map_err(sqlite)?;
         }
         WriteOp::Check { .. } => {}
     }
     Ok(())
 }
 
-impl EmbeddedStore {
-    /// Run `ops` in one write transaction: all of them or, on the first failure, none.
-    fn commit_all(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        for op in ops {
-            // Dropping an uncommitted transaction aborts it.
-            apply(&txn, op)?;
+impl Inner {
+    /// Run `f` in one write transaction: all of its writes or, if it fails, none.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().unwrap();
+        let txn = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        // Dropping an uncommitted transaction rolls it back.
+        let out = f(&txn)?;
+        txn.commit().map_err(sqlite)?;
+        if self.commits.fetch_add(1, Ordering::Relaxed) % VACUUM_CHECK_EVERY == 0 {
+            give_back_free_space(&conn)?;
         }
-        txn.commit().map_err(backend)
+        Ok(out)
     }
+
+    /// Run `f` in one read transaction (one consistent state), on an idle connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.readers.lock().unwrap().pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        let out = {
+            let txn = conn.transaction().map_err(sqlite)?;
+            let out = f(&txn)?;
+            txn.finish().map_err(sqlite)?;
+            out
+        };
+        self.readers.lock().unwrap().push(conn);
+        Ok(out)
+    }
+}
+
+/// When more than a quarter of the file is free pages, return a slice of them to the
+/// operating system (the rest is reused for new data meanwhile).
+fn give_back_free_space(conn: &Connection) -> Result<(), StoreError> {
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    let free: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if free > VACUUM_STEP_PAGES && free * 4 > pages {
+        conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
+            .map_err(sqlite)?;
+    }
+    Ok(())
+}
+
+/// Items of one partition after `after`, ascending, at most `limit` (and whether more follow).
+fn query_page(
+    conn: &Connection,
+    table: Table,
+    pk: &str,
+    after: Option<&SortKey>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let sql = match after {
+        Some(_) => "SELECT sk, attrs, data FROM items WHERE tbl = ?1 AND pk = ?2 AND sk > ?3 ORDER BY sk LIMIT ?4",
+        None => "SELECT sk, attrs, data FROM items WHERE tbl = ?1 AND pk = ?2 AND sk >= ?3 ORDER BY sk LIMIT ?4",
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(sqlite)?;
+    let from = after.map(encode_sort_key).unwrap_or_default();
+    let rows = stmt
+        .query_map(params![table_id(table), pk, from, limit as i64 + 1], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        })
+        .map_err(sqlite)?;
+    let mut page = Page::default();
+    for row in rows {
+        let (sk, attrs, data) = row.map_err(sqlite)?;
+        if page.items.len() == limit {
+            page.more = true;
+            break;
+        }
+        page.items
+            .push((decode_sort_key(table, sk)?, decode_item(&attrs, data)?));
+    }
+    Ok(page)
 }
 
 #[async_trait]
@@ -186,18 +450,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
-        self.count();
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(ITEMS).map_err(backend)?;
-        keys.iter()
-            .map(|key| {
-                let sk = encode_sort_key(&key.sk);
-                let found = table
-                    .get((table_id(key.table), key.pk.as_str(), sk.as_slice()))
-                    .map_err(backend)?;
-                found.map(|v| decode_item(v.value())).transpose()
-            })
-            .collect()
+        let keys = keys.to_vec();
+        self.blocking(move |inner| {
+            inner.read(|conn| keys.iter().map(|key| read_item(conn, key)).collect())
+        })
+        .await
     }
 
     async fn query(
@@ -207,45 +464,25 @@ impl Store for EmbeddedStore {
         after: Option<&SortKey>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.count();
-        let txn = self.db.begin_read().map_err(backend)?;
-        let items = txn.open_table(ITEMS).map_err(backend)?;
-        let id = table_id(table);
-        let after = after.map(encode_sort_key);
-        let start = match &after {
-            Some(sk) => Bound::Excluded((id, pk, sk.as_slice())),
-            None => Bound::Included((id, pk, &[][..])),
-        };
-        let mut page = Page::default();
-        for entry in items
-            .range::<(u8, &str, &[u8])>((start, Bound::Unbounded))
-            .map_err(backend)?
-        {
-            let (k, v) = entry.map_err(backend)?;
-            let (t, p, sk) = k.value();
-            if t != id || p != pk {
-                break;
-            }
-            if page.items.len() == limit {
-                page.more = true;
-                break;
-            }
-            page.items
-                .push((decode_sort_key(table, sk)?, decode_item(v.value())?));
-        }
-        Ok(page)
+        let (pk, after) = (pk.to_string(), after.cloned());
+        self.blocking(move |inner| {
+            inner.read(|conn| query_page(conn, table, &pk, after.as_ref(), limit))
+        })
+        .await
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.count();
         super::check_write(&op)?;
-        self.commit_all(std::slice::from_ref(&op))
+        self.blocking(move |inner| inner.write(|conn| apply(conn, &op)))
+            .await
     }
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        self.count();
         super::check_transaction(&ops)?;
-        self.commit_all(&ops)
+        self.blocking(move |inner| {
+            inner.write(|conn| ops.iter().try_for_each(|op| apply(conn, op)))
+        })
+        .await
     }
 
     async fn scan_keys(
@@ -254,52 +491,178 @@ impl Store for EmbeddedStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<(Vec<Key>, bool), StoreError> {
-        self.count();
-        let txn = self.db.begin_read().map_err(backend)?;
-        let items = txn.open_table(ITEMS).map_err(backend)?;
-        let id = table_id(table);
-        let after_sk = after.map(|k| encode_sort_key(&k.sk));
-        let start = match (after, &after_sk) {
-            (Some(k), Some(sk)) => Bound::Excluded((id, k.pk.as_str(), sk.as_slice())),
-            _ => Bound::Included((id, "", &[][..])),
-        };
-        let mut keys = Vec::new();
-        for entry in items
-            .range::<(u8, &str, &[u8])>((start, Bound::Unbounded))
-            .map_err(backend)?
-        {
-            let (k, _) = entry.map_err(backend)?;
-            let (t, pk, sk) = k.value();
-            if t != id {
-                break;
-            }
-            if keys.len() == limit {
-                return Ok((keys, true));
-            }
-            keys.push(Key {
-                table,
-                pk: pk.to_string(),
-                sk: decode_sort_key(table, sk)?,
-            });
-        }
-        Ok((keys, false))
+        let after = after.map(|k| (k.pk.clone(), encode_sort_key(&k.sk)));
+        self.blocking(move |inner| {
+            inner.read(|conn| {
+                let (pk, sk) = after.unwrap_or_default();
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT pk, sk FROM items WHERE tbl = ?1 AND (pk, sk) > (?2, ?3)
+                         ORDER BY pk, sk LIMIT ?4",
+                    )
+                    .map_err(sqlite)?;
+                let rows = stmt
+                    .query_map(params![table_id(table), pk, sk, limit as i64 + 1], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(sqlite)?;
+                let mut keys = Vec::new();
+                for row in rows {
+                    let (pk, sk) = row.map_err(sqlite)?;
+                    if keys.len() == limit {
+                        return Ok((keys, true));
+                    }
+                    keys.push(Key {
+                        table,
+                        pk,
+                        sk: decode_sort_key(table, sk)?,
+                    });
+                }
+                Ok((keys, false))
+            })
+        })
+        .await
     }
 
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
-        self.count();
-        let txn = self.db.begin_write().map_err(backend)?;
-        let update = WriteOp::Update {
-            key: key.clone(),
-            set: Item::default(),
-            add: vec![(attr.to_string(), delta as i64)],
-            cond: Condition::None,
-        };
-        apply(&txn, &update)?;
-        let next = match read_item(&txn, key)?.as_ref().and_then(|i| i.get(attr)) {
-            Some(Value::N(n)) => n.parse::<u64>().map_err(backend)?,
-            _ => return Err(backend("counter vanished")),
-        };
-        txn.commit().map_err(backend)?;
-        Ok(next)
+        let (key, attr) = (key.clone(), attr.to_string());
+        self.blocking(move |inner| {
+            inner.write(|conn| {
+                let update = WriteOp::Update {
+                    key: key.clone(),
+                    set: Item::default(),
+                    add: vec![(attr.clone(), delta as i64)],
+                    cond: Condition::None,
+                };
+                apply(conn, &update)?;
+                read_item(conn, &key)?
+                    .as_ref()
+                    .and_then(|item| number_of(item, &attr))
+                    .ok_or_else(|| backend("counter vanished"))
+            })
+        })
+        .await
     }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| {
+            // Every commit is in the log until a checkpoint copies it into the file
+            // (and a checkpoint flushes the file before the log is reused).
+            let mut log = inner.path.clone().into_os_string();
+            log.push("-wal");
+            let file = match std::fs::File::open(&log) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::File::open(&inner.path).map_err(backend)?
+                }
+                Err(e) => return Err(backend(e)),
+            };
+            file.sync_data().map_err(backend)
+        })
+        .await
+    }
+
+    fn space(&self) -> Result<Option<StoreSpace>, StoreError> {
+        self.inner.read(|conn| {
+            let number = |pragma: &str| -> Result<u64, StoreError> {
+                conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(sqlite)
+            };
+            let page = number("page_size")?;
+            let pages = number("page_count")?;
+            let free = number("freelist_count")?;
+            let mut log = self.inner.path.clone().into_os_string();
+            log.push("-wal");
+            let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            Ok(Some(StoreSpace {
+                file_bytes: pages * page + log_bytes,
+                used_bytes: (pages - free) * page,
+                available_bytes: available_space(&self.inner.path),
+            }))
+        })
+    }
+}
+
+/// Bytes free for an unprivileged user on the filesystem that holds `path`.
+fn available_space(path: &Path) -> u64 {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs fills the struct it is given; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_dir.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+/// Whether `path` is a store file of dynamofs 0.1, which kept its items in redb.
+fn is_redb_file(path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    match std::fs::File::open(path) {
+        Ok(mut file) => Ok(file.read_exact(&mut magic).is_ok() && &magic == b"redb"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::fatal(format!(
+            "cannot open {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Convert a dynamofs 0.1 (redb) store file in place, keeping the original as
+/// `PATH.redb-backup`.
+fn migrate_redb(path: &Path) -> Result<(), StoreError> {
+    use redb::{ReadableTable, TableDefinition};
+    const ITEMS: TableDefinition<(u8, &str, &[u8]), &[u8]> = TableDefinition::new("items");
+    let with_suffix = |suffix: &str| {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let (converting, backup) = (with_suffix(".converting"), with_suffix(".redb-backup"));
+    tracing::info!(path = %path.display(), "converting a dynamofs 0.1 store file (redb) to this version's layout");
+    let failed = |e: &dyn std::fmt::Display| {
+        StoreError::fatal(format!(
+            "cannot convert {} from dynamofs 0.1's layout: {e} (the file is unchanged)",
+            path.display()
+        ))
+    };
+    let old = redb::Database::open(path).map_err(|e| failed(&e))?;
+    let _ = std::fs::remove_file(&converting);
+    let new = connect(&converting)?;
+    init_layout(&new, &converting)?;
+    let txn = old.begin_read().map_err(|e| failed(&e))?;
+    let items = txn.open_table(ITEMS).map_err(|e| failed(&e))?;
+    new.execute_batch("BEGIN").map_err(sqlite)?;
+    for entry in items.iter().map_err(|e| failed(&e))? {
+        let (k, v) = entry.map_err(|e| failed(&e))?;
+        let (tbl, pk, sk) = k.value();
+        let table = if tbl == 0 { Table::Meta } else { Table::Blocks };
+        let key = Key {
+            table,
+            pk: pk.to_string(),
+            sk: decode_sort_key(table, sk.to_vec())?,
+        };
+        let item: Item = serde_json::from_slice(v.value()).map_err(|e| failed(&e))?;
+        put_item(&new, &key, &item)?;
+    }
+    new.execute_batch("COMMIT").map_err(sqlite)?;
+    new.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(sqlite)?;
+    drop(new);
+    drop(items);
+    drop(txn);
+    drop(old);
+    std::fs::rename(path, &backup).map_err(|e| failed(&e))?;
+    std::fs::rename(&converting, path).map_err(|e| failed(&e))?;
+    for log in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(with_suffix(&format!(".converting{log}")));
+    }
+    tracing::info!(backup = %backup.display(), "converted; the original file is kept");
+    Ok(())
 }

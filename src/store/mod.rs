@@ -301,6 +301,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically add `delta` to the numeric attribute `attr` (created at 0) and return the new value.
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError>;
+
+    /// Make every write that has returned durable (what `fsync` asks for). DynamoDB's
+    /// writes are durable when they return, so by default there is nothing to do.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The space the store takes where that is known (a local file); None for a
+    /// service that bills by use and has no capacity.
+    fn space(&self) -> Result<Option<StoreSpace>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The space a local store takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// Bytes its files take on the disk.
+    pub file_bytes: u64,
+    /// Bytes of those that hold live data (the rest is free space it reuses).
+    pub used_bytes: u64,
+    /// Bytes still free on the disk that holds it.
+    pub available_bytes: u64,
 }
 
 /// Reject a transaction DynamoDB would reject, so every backend has the same limits:

@@ -268,23 +268,73 @@ fn wait_unmounted(path: &Path) {
     }
 }
 
-/// `dynamofs mount` with the environment DynamoDB Local needs.
-pub fn mount_command(table: &str, mountpoint: &Path, extra_options: &str) -> Command {
-    require_fuse();
-    let local = dynamo_local();
-    let mut cmd = Command::new(dynamofs_bin());
-    let mut options = format!("endpoint={}", local.endpoint());
-    if !extra_options.is_empty() {
-        options.push(',');
-        options.push_str(extra_options);
+/// Whether the mounted tests run on `local:` files instead of DynamoDB Local tables
+/// (`DYNAMOFS_TEST_STORE=local`): `scripts/test.sh` runs the multi-client layers both
+/// ways. Each "table" is then a file in `DYNAMOFS_TEST_LOCAL_DIR` (default: the
+/// temporary directory).
+pub fn on_local_files() -> bool {
+    match std::env::var("DYNAMOFS_TEST_STORE").as_deref() {
+        Ok("local") => true,
+        Ok("dynamodb") | Err(_) => false,
+        Ok(other) => panic!("DYNAMOFS_TEST_STORE={other}: expected local or dynamodb"),
     }
-    cmd.arg("mount")
-        .arg(format!("aws:us-east-1/{table}"))
-        .arg(mountpoint)
-        .arg("-o")
-        .arg(options);
+}
+
+/// The source and the `-o` options that reach `table`: a DynamoDB Local table, or
+/// the `local:` file of that name.
+pub fn source_of(table: &str) -> (String, Option<String>) {
+    if on_local_files() {
+        let dir = std::env::var_os("DYNAMOFS_TEST_LOCAL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        (format!("local:{}/{table}.db", dir.display()), None)
+    } else {
+        (
+            format!("aws:us-east-1/{table}"),
+            Some(format!("endpoint={}", dynamo_local().endpoint())),
+        )
+    }
+}
+
+/// The store behind `table` (see [`source_of`]), opened in this process.
+pub async fn open_store(table: &str) -> std::sync::Arc<dyn dynamofs::store::Store> {
+    match source_of(table).0.strip_prefix("local:") {
+        Some(path) => std::sync::Arc::new(
+            dynamofs::store::embedded::EmbeddedStore::open(Path::new(path)).unwrap(),
+        ),
+        None => std::sync::Arc::new(
+            dynamofs::store::dynamo::DynamoStore::connect(&dynamo_config(table))
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+/// `dynamofs SUBCOMMAND SOURCE` for `table`, with the options and environment its
+/// store needs and `options` after them.
+fn dynamofs_command(subcommand: &str, table: &str, options: &str) -> (Command, Option<String>) {
+    let (source, reach) = source_of(table);
+    let mut cmd = Command::new(dynamofs_bin());
+    cmd.arg(subcommand).arg(source);
     cmd.env("AWS_ACCESS_KEY_ID", "fake")
         .env("AWS_SECRET_ACCESS_KEY", "fake");
+    let options = [reach.as_deref(), Some(options).filter(|o| !o.is_empty())]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(",");
+    (cmd, Some(options).filter(|o| !o.is_empty()))
+}
+
+/// `dynamofs mount` of `table` on `mountpoint`.
+pub fn mount_command(table: &str, mountpoint: &Path, extra_options: &str) -> Command {
+    require_fuse();
+    let (mut cmd, options) = dynamofs_command("mount", table, extra_options);
+    cmd.arg(mountpoint);
+    if let Some(options) = options {
+        cmd.arg("-o").arg(options);
+    }
     cmd
 }
 
@@ -363,16 +413,12 @@ pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Run `dynamofs SUBCOMMAND aws:us-east-1/TABLE ARGS... -o endpoint=<DynamoDB Local>`.
+/// Run `dynamofs SUBCOMMAND SOURCE ARGS...` on `table` (see [`source_of`]).
 pub fn dynamofs_on_table(subcommand: &str, table: &str, args: &[&str]) -> std::process::Output {
-    Command::new(dynamofs_bin())
-        .arg(subcommand)
-        .arg(format!("aws:us-east-1/{table}"))
-        .args(args)
-        .arg("-o")
-        .arg(format!("endpoint={}", dynamo_local().endpoint()))
-        .env("AWS_ACCESS_KEY_ID", "fake")
-        .env("AWS_SECRET_ACCESS_KEY", "fake")
-        .output()
-        .unwrap()
+    let (mut cmd, options) = dynamofs_command(subcommand, table, "");
+    cmd.args(args);
+    if let Some(options) = options {
+        cmd.arg("-o").arg(options);
+    }
+    cmd.output().unwrap()
 }
