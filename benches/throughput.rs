@@ -8,6 +8,7 @@
 //! 256, 384 KiB: throughput, requests and capacity units per MiB). Sizes: `DYNAMOFS_BENCH_MIB` (sequential
 //! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
 //! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
+//! `DYNAMOFS_BENCH_BACKENDS=embedded` (or `dynamodb`) runs one backend only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -719,47 +720,77 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let tree = tokio_tree(work.path());
     let dir_entries = env_or("DYNAMOFS_BENCH_DIR", 10_000);
+    let backends = std::env::var("DYNAMOFS_BENCH_BACKENDS").unwrap_or_default();
+    let wants = |backend: &str| backends.is_empty() || backends.split(',').any(|b| b == backend);
     let mut rows = Vec::new();
 
-    // DynamoDB Local behind the simulator: at 0 ms, then at 5 ms per request.
-    let sim = Arc::new(
-        Simulator::start(
-            common::dynamo_local().addr(),
-            SimConfig {
-                latency: Duration::ZERO,
-                ..SimConfig::default()
-            },
-        )
-        .unwrap(),
-    );
-    let connect = |prefix: &str| -> Arc<dyn Store> {
-        let mut config = common::dynamo_config(&common::unique_table(prefix));
-        config.endpoint = Some(sim.endpoint());
-        Arc::new(
-            rt.block_on(dynamofs::store::dynamo::DynamoStore::connect(&config))
-                .unwrap(),
-        )
-    };
-    let raw = Raw {
-        rt: &rt,
-        store: connect("BenchRaw"),
-        prefix: "r".into(),
-    };
-    let mount = InProcess::new(&rt, connect("BenchFs"), DEFAULT_BLOCK_SIZE);
-    let meter = Meter::Simulated(sim.clone());
-    let meters = (&meter, &meter);
-    // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
-    sh(&format!(
-        "tar -C '{}' -xf '{}'",
-        mount.path().display(),
-        tree.tarball.display()
-    ));
-    let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
-    for (label, latency) in [("DynamoDB 0 ms", 0), ("DynamoDB 5 ms", 5)] {
-        sim.configure(|c| c.latency = Duration::from_millis(latency));
-        println!("{label}:");
+    if wants("dynamodb") {
+        // DynamoDB Local behind the simulator: at 0 ms, then at 5 ms per request.
+        let sim = Arc::new(
+            Simulator::start(
+                common::dynamo_local().addr(),
+                SimConfig {
+                    latency: Duration::ZERO,
+                    ..SimConfig::default()
+                },
+            )
+            .unwrap(),
+        );
+        let connect = |prefix: &str| -> Arc<dyn Store> {
+            let mut config = common::dynamo_config(&common::unique_table(prefix));
+            config.endpoint = Some(sim.endpoint());
+            Arc::new(
+                rt.block_on(dynamofs::store::dynamo::DynamoStore::connect(&config))
+                    .unwrap(),
+            )
+        };
+        let raw = Raw {
+            rt: &rt,
+            store: connect("BenchRaw"),
+            prefix: "r".into(),
+        };
+        let mount = InProcess::new(&rt, connect("BenchFs"), DEFAULT_BLOCK_SIZE);
+        let meter = Meter::Simulated(sim.clone());
+        let meters = (&meter, &meter);
+        // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
+        sh(&format!(
+            "tar -C '{}' -xf '{}'",
+            mount.path().display(),
+            tree.tarball.display()
+        ));
+        let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
+        for (label, latency) in [("DynamoDB 0 ms", 0), ("DynamoDB 5 ms", 5)] {
+            sim.configure(|c| c.latency = Duration::from_millis(latency));
+            println!("{label}:");
+            rows.extend(run_workloads(
+                label,
+                &rt,
+                mount.path(),
+                &raw,
+                meters,
+                &tree,
+                &wide,
+            ));
+        }
+        drop(mount);
+        block_size_sweep(&rt, &sim, &connect);
+    }
+
+    if wants("embedded") {
+        // The embedded store: one local file each for dynamofs and the raw side.
+        let fs_store = Arc::new(EmbeddedStore::open(&work.path().join("fs.db")).unwrap());
+        let raw_store = Arc::new(EmbeddedStore::open(&work.path().join("raw.db")).unwrap());
+        let raw = Raw {
+            rt: &rt,
+            store: raw_store.clone(),
+            prefix: "r".into(),
+        };
+        let mount = InProcess::new(&rt, fs_store.clone(), DEFAULT_BLOCK_SIZE);
+        let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
+        println!("embedded:");
+        let meters = (&Meter::Embedded(fs_store), &Meter::Embedded(raw_store));
         rows.extend(run_workloads(
-            label,
+            "embedded",
             &rt,
             mount.path(),
             &raw,
@@ -767,32 +798,8 @@ fn main() {
             &tree,
             &wide,
         ));
+        drop(mount);
     }
-    drop(mount);
-    block_size_sweep(&rt, &sim, &connect);
-
-    // The embedded store: one local file each for dynamofs and the raw side.
-    let fs_store = Arc::new(EmbeddedStore::open(&work.path().join("fs.db")).unwrap());
-    let raw_store = Arc::new(EmbeddedStore::open(&work.path().join("raw.db")).unwrap());
-    let raw = Raw {
-        rt: &rt,
-        store: raw_store.clone(),
-        prefix: "r".into(),
-    };
-    let mount = InProcess::new(&rt, fs_store.clone(), DEFAULT_BLOCK_SIZE);
-    let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
-    println!("embedded:");
-    let meters = (&Meter::Embedded(fs_store), &Meter::Embedded(raw_store));
-    rows.extend(run_workloads(
-        "embedded",
-        &rt,
-        mount.path(),
-        &raw,
-        meters,
-        &tree,
-        &wide,
-    ));
-    drop(mount);
 
     println!(
         "\ndynamofs benchmark: tokio {} ({} entries), {} MiB sequential, {RANDOM_OPS} random 4 KiB ops on {RANDOM_FILE_MIB} MiB, {} files, {dir_entries}-entry directory",

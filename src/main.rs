@@ -57,7 +57,14 @@ fn main() {
             }
         }
     }
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(command, Command::Status(_) | Command::Fsck(_)) {
+        // A report piped into `head` ends quietly when the reader leaves, as other
+        // tools' do, instead of panicking on the closed pipe.
+        // SAFETY: restoring a signal's default action at startup, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match command {
         Command::Mount(mount) => std::process::exit(dynamofs::mount::run(mount)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
         Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),

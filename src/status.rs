@@ -23,6 +23,8 @@ pub struct Status {
     pub sessions: Vec<SessionReport>,
     /// Locks whose session record is gone (released by the next writer of their file).
     pub orphan_locks: Vec<LockReport>,
+    /// The space a local store's file takes (none for DynamoDB).
+    pub space: Option<crate::store::StoreSpace>,
 }
 
 /// One session and its locks.
@@ -90,6 +92,7 @@ pub async fn gather(fs: &Fs, source: String) -> Result<Status, crate::fs::FsErro
         inodes_allocated: fs.inodes_allocated().await?,
         sessions,
         orphan_locks: locks,
+        space: fs.space()?,
     })
 }
 
@@ -118,6 +121,15 @@ fn print_human(status: &Status) {
         status.format.stripes,
         status.inodes_allocated
     );
+    if let Some(space) = &status.space {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "  local file: {:.1} MiB, of which {:.1} MiB in use (the rest is reused for new data); {:.1} MiB free on its disk",
+            mib(space.file_bytes),
+            mib(space.used_bytes),
+            mib(space.available_bytes)
+        );
+    }
     println!("sessions: {}", status.sessions.len());
     for s in &status.sessions {
         let session = &s.status.session;

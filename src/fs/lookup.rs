@@ -126,6 +126,11 @@ impl Fs {
         }
     }
 
+    /// The space the store takes, where it is a local file.
+    pub fn space(&self) -> FsResult<Option<crate::store::StoreSpace>> {
+        Ok(self.store.space()?)
+    }
+
     /// Make everything written so far durable (`fsync` does this for one file; an
     /// unmount does it last).
     pub async fn sync(&self) -> FsResult<()> {

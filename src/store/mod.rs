@@ -316,7 +316,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The space a local store takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StoreSpace {
     /// Bytes its files take on the disk.
     pub file_bytes: u64,
