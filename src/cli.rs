@@ -36,7 +36,8 @@ Mount options (-o, comma separated; the same in /etc/fstab):
 
 Sources:
   aws:REGION/TABLE      DynamoDB tables TABLE and TABLEBlocks (created on first mount)
-  local:PATH            the embedded store: one local file, one client
+  local:PATH            the embedded store: one local file, shared by the mounts of
+                        this machine
 
 Credentials and region come from the standard AWS chain (environment, profile,
 SSO, instance role). Logs honour RUST_LOG (e.g. RUST_LOG=dynamofs=debug).

@@ -2,7 +2,8 @@
 //!
 //! - `aws:REGION/TABLE`: DynamoDB tables `TABLE` and `TABLEBlocks` in `REGION`
 //!   (or at the endpoint given by `-o endpoint=` or `AWS_ENDPOINT_URL_DYNAMODB`);
-//! - `local:PATH`: the embedded store, one file at `PATH`, for a single client.
+//! - `local:PATH`: the embedded store, one file at `PATH`, shared by the processes of
+//!   one machine.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -295,7 +295,7 @@ fn bad_input_gets_clear_messages() {
     assert_no_debug_dump(&stderr(&out));
 
     // local: paths: a directory that does not exist is not created; a file that is not
-    // a store is named as such; a relative path is the caller's, not the daemon's `/`.
+    // a store (junk, or another application's SQLite database) is named as such; a relative path is the caller's, not the daemon's `/`.
     let work = tempfile::tempdir().unwrap();
     let missing = work.path().join("no/such/dir/fs.db");
     let message = failed_mount(&format!("local:{}", missing.display()), "");
@@ -306,8 +306,18 @@ fn bad_input_gets_clear_messages() {
         &format!("local:{}", work.path().join("junk.db").display()),
         "",
     );
-    assert!(message.contains("as a dynamofs store"), "{message}");
+    assert!(message.contains("not a dynamofs store"), "{message}");
     assert_no_debug_dump(&message);
+    let other = work.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let message = failed_mount(&format!("local:{}", other.display()), "");
+    assert!(
+        message.contains("another application's SQLite database"),
+        "{message}"
+    );
     let mnt = tempfile::tempdir().unwrap();
     let out = Command::new(dynamofs_bin())
         .args(["mount", "local:relative.db"])

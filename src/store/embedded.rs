@@ -146,23 +146,28 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         ))
     })?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    // The first statement that reads the file: where a file of another kind shows.
     conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(sqlite)?;
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => not_a_store(path, &e),
+            _ => sqlite(e),
+        })?;
     Ok(conn)
+}
+
+fn not_a_store(path: &Path, why: &dyn std::fmt::Display) -> StoreError {
+    StoreError::fatal(format!(
+        "{} is not a dynamofs store ({why}): give local: the path of a dynamofs store or of a new file",
+        path.display()
+    ))
 }
 
 /// Create the table in a new file, or check that an existing file is a dynamofs store
 /// of a layout this build reads.
 fn init_layout(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let refuse = |what: String| {
-        StoreError::fatal(format!(
-            "{} is not a dynamofs store: {what}; give local: the path of a dynamofs store or of a new file",
-            path.display()
-        ))
-    };
     let id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(|e| not_a_store(path, &e))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sqlite)?;
@@ -182,7 +187,7 @@ fn init_layout(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(sqlite)?;
     if id != 0 || tables != 0 {
-        return Err(refuse("it is another application's SQLite database".into()));
+        return Err(not_a_store(path, &"another application's SQLite database"));
     }
     // Both settings only take effect before the first table is created.
     conn.pragma_update(None, "page_size", PAGE_SIZE)
