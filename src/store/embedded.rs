@@ -15,8 +15,9 @@
 //!   never consistency. [`Store::sync`] (what `fsync` calls) flushes the log, which
 //!   makes every commit before it durable.
 //! - Space of deleted and overwritten data goes to SQLite's free list and is reused for
-//!   new data; when more than a quarter of the file is free, the free pages are given
-//!   back to the operating system a slice at a time (`auto_vacuum=INCREMENTAL`).
+//!   new data; when more than a quarter of the file is free (looked at every few
+//!   hundred commits and at every sync), all but 16 MiB of it is given back to the
+//!   operating system (`auto_vacuum=INCREMENTAL`).
 //! - A block's bytes (attribute `d`) are kept raw in their own column, the other
 //!   attributes as JSON.
 //! - A file made by dynamofs 0.1 (redb) is converted on first open; the original is
@@ -41,14 +42,16 @@ const LAYOUT_VERSION: i64 = 1;
 /// Large enough that a 256 KiB block spans few overflow pages, small enough that a
 /// metadata commit writes little to the log.
 const PAGE_SIZE: i64 = 16 * 1024;
+/// Bytes of write-ahead log kept after a checkpoint emptied it.
+const LOG_LIMIT_BYTES: i64 = 16 << 20;
 /// The attribute whose bytes are kept in their own column.
 const DATA_ATTR: &str = "d";
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Commits between two looks at how much of the file is free.
-const VACUUM_CHECK_EVERY: u64 = 512;
-/// Free pages given back to the operating system per step (16 MiB).
-const VACUUM_STEP_PAGES: i64 = 1024;
+/// Commits between two looks at how much of the file is free (a sync looks too).
+const VACUUM_CHECK_EVERY: u64 = 256;
+/// Free pages kept for reuse rather than given back (16 MiB).
+const FREE_PAGES_KEPT: i64 = 1024;
 
 /// A [`Store`] kept in one local file, shared by every process that opens it.
 pub struct EmbeddedStore {
@@ -146,6 +149,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         ))
     })?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    // The log is cut back to this after the checkpoints that empty it.
+    conn.pragma_update(None, "journal_size_limit", LOG_LIMIT_BYTES)
+        .map_err(sqlite)?;
     // The first statement that reads the file: where a file of another kind shows.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| match e.sqlite_error_code() {
@@ -392,8 +398,8 @@ impl Inner {
     }
 }
 
-/// When more than a quarter of the file is free pages, return a slice of them to the
-/// operating system (the rest is reused for new data meanwhile).
+/// When more than a quarter of the file is free pages, return all but a few of them
+/// to the operating system (free pages are reused for new data meanwhile).
 fn give_back_free_space(conn: &Connection) -> Result<(), StoreError> {
     let pages: i64 = conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
@@ -401,9 +407,16 @@ fn give_back_free_space(conn: &Connection) -> Result<(), StoreError> {
     let free: i64 = conn
         .query_row("PRAGMA freelist_count", [], |r| r.get(0))
         .map_err(sqlite)?;
-    if free > VACUUM_STEP_PAGES && free * 4 > pages {
-        conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
+    if free > FREE_PAGES_KEPT && free * 4 > pages {
+        // Each step of this statement frees one page: run it to the end.
+        let mut vacuum = conn
+            .prepare(&format!(
+                "PRAGMA incremental_vacuum({})",
+                free - FREE_PAGES_KEPT
+            ))
             .map_err(sqlite)?;
+        let mut steps = vacuum.raw_query();
+        while steps.next().map_err(sqlite)?.is_some() {}
     }
     Ok(())
 }
@@ -551,6 +564,7 @@ impl Store for EmbeddedStore {
 
     async fn sync(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
+            give_back_free_space(&inner.writer.lock().unwrap())?;
             // Every commit is in the log until a checkpoint copies it into the file
             // (and a checkpoint flushes the file before the log is reused).
             let mut log = inner.path.clone().into_os_string();
