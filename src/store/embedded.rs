@@ -5,7 +5,13 @@
 //! and `fsck` read a mounted file — and SQLite's write-ahead log is made for exactly
 //! that: readers never wait for the writer, writers of all processes take turns on
 //! one lock, and a process killed at any moment leaves the last commit intact. redb,
-//! which this store used before, locks its file for one process.
+//! which this store used before (2.x), locks its file for one process. redb 4.5's
+//! `MultiWriter` mode shares it, but refuses non-durable commits there, so every
+//! commit waits for the disk. Measured side by side on the 2-core test machine (file
+//! on its disk, the machine busy with a test run): redb 4.5 `MultiWriter` 1,537 small
+//! commits/s and 112 MiB/s of 256 KiB puts; SQLite (WAL, `synchronous=NORMAL`, 16 KiB
+//! pages) 12,318 commits/s and 206 MiB/s. 4 KiB pages gave more small commits but
+//! fewer MiB/s, 64 KiB pages fewer of both.
 //!
 //! - Every write runs in one `BEGIN IMMEDIATE` transaction, which holds the file's
 //!   write lock across processes, so conditions are checked against exactly the state
@@ -44,6 +50,8 @@ const LAYOUT_VERSION: i64 = 1;
 const PAGE_SIZE: i64 = 16 * 1024;
 /// Bytes of write-ahead log kept after a checkpoint emptied it.
 const LOG_LIMIT_BYTES: i64 = 16 << 20;
+/// How much of the file each connection maps into memory to read it.
+const MMAP_BYTES: i64 = 1 << 30;
 /// The attribute whose bytes are kept in their own column.
 const DATA_ATTR: &str = "d";
 /// How long a writer waits for another process's transaction before giving up.
@@ -151,6 +159,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     // The log is cut back to this after the checkpoints that empty it.
     conn.pragma_update(None, "journal_size_limit", LOG_LIMIT_BYTES)
+        .map_err(sqlite)?;
+    // Reads straight from the mapped file instead of copies of its pages.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
         .map_err(sqlite)?;
     // The first statement that reads the file: where a file of another kind shows.
     conn.pragma_update(None, "synchronous", "NORMAL")
