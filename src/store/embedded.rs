@@ -19,7 +19,8 @@
 //! - Commits are not flushed to the disk one by one (`synchronous=NORMAL`): a killed
 //!   process loses nothing committed, and only a power cut can lose the last commits,
 //!   never consistency. [`Store::sync`] (what `fsync` calls) flushes the log, which
-//!   makes every commit before it durable.
+//!   makes every commit before it durable. Committed pages are copied from the log
+//!   into the file (a checkpoint) by a thread of their own, not by the writers.
 //! - Space of deleted and overwritten data goes to SQLite's free list and is reused for
 //!   new data; when more than a quarter of the file is free (looked at every few
 //!   hundred commits and at every sync), all but 16 MiB of it is given back to the
@@ -50,6 +51,10 @@ const LAYOUT_VERSION: i64 = 1;
 const PAGE_SIZE: i64 = 16 * 1024;
 /// Bytes of write-ahead log kept after a checkpoint emptied it.
 const LOG_LIMIT_BYTES: i64 = 16 << 20;
+/// How often the checkpoint thread looks for new commits in the log.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pages of log (256 MiB) past which a writer checkpoints by itself.
+const CHECKPOINT_BACKSTOP_PAGES: i64 = 16 * 1024;
 /// How much of the file each connection maps into memory to read it.
 const MMAP_BYTES: i64 = 1 << 30;
 /// The attribute whose bytes are kept in their own column.
@@ -74,6 +79,8 @@ struct Inner {
     /// Idle reading connections; a read takes one or opens another.
     readers: Mutex<Vec<Connection>>,
     commits: AtomicU64,
+    /// Held around this process's checkpoints: two at once would fail one of them.
+    checkpointing: Mutex<()>,
 }
 
 impl EmbeddedStore {
@@ -95,13 +102,16 @@ impl EmbeddedStore {
         }
         let writer = connect(path)?;
         init_layout(&writer, path)?;
+        let inner = Arc::new(Inner {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            commits: AtomicU64::new(0),
+            checkpointing: Mutex::new(()),
+        });
+        spawn_checkpointer(&inner)?;
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-                commits: AtomicU64::new(0),
-            }),
+            inner,
             requests: AtomicU64::new(0),
         })
     }
@@ -159,6 +169,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     // The log is cut back to this after the checkpoints that empty it.
     conn.pragma_update(None, "journal_size_limit", LOG_LIMIT_BYTES)
+        .map_err(sqlite)?;
+    // Checkpoints run on their own thread (see `spawn_checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)
         .map_err(sqlite)?;
     // Reads straight from the mapped file instead of copies of its pages.
     conn.pragma_update(None, "mmap_size", MMAP_BYTES)
@@ -370,6 +383,13 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
 }
 
 impl Inner {
+    /// The write-ahead log beside the file.
+    fn log_path(&self) -> PathBuf {
+        let mut log = self.path.clone().into_os_string();
+        log.push("-wal");
+        PathBuf::from(log)
+    }
+
     /// Run `f` in one write transaction: all of its writes or, if it fails, none.
     fn write<T>(
         &self,
@@ -407,6 +427,46 @@ impl Inner {
         self.readers.lock().unwrap().push(conn);
         Ok(out)
     }
+}
+
+/// Copy committed pages from the log into the file on a thread of its own, so that
+/// writers do not stop for it (they do only past [`CHECKPOINT_BACKSTOP_PAGES`], if
+/// this falls behind); once writes pause, empty the log and cut it to nothing. It
+/// ends when the store is dropped.
+fn spawn_checkpointer(inner: &Arc<Inner>) -> Result<(), StoreError> {
+    let conn = connect(&inner.path)?;
+    // Never hold writers up for long waiting for a reader: try again later instead.
+    conn.busy_timeout(CHECKPOINT_EVERY).map_err(sqlite)?;
+    let store = Arc::downgrade(inner);
+    let checkpoint = move |mode: &str| {
+        let sql = format!("PRAGMA wal_checkpoint({mode})");
+        if let Err(e) = conn.query_row(&sql, [], |_| Ok(())) {
+            tracing::debug!(error = %e, mode, "checkpoint of the local store's log");
+        }
+    };
+    std::thread::Builder::new()
+        .name("dynamofs-checkpoint".into())
+        .spawn(move || {
+            let (mut seen, mut emptied) = (0, true);
+            while let Some(inner) = store.upgrade() {
+                let commits = inner.commits.load(Ordering::Relaxed);
+                {
+                    let _alone = inner.checkpointing.lock().unwrap();
+                    if commits != seen {
+                        // PASSIVE copies what no reader still needs and never waits.
+                        checkpoint("PASSIVE");
+                        (seen, emptied) = (commits, false);
+                    } else if !emptied {
+                        checkpoint("TRUNCATE");
+                        emptied = true;
+                    }
+                }
+                drop(inner);
+                std::thread::sleep(CHECKPOINT_EVERY);
+            }
+        })
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// When more than a quarter of the file is free pages, return all but a few of them
@@ -575,11 +635,19 @@ impl Store for EmbeddedStore {
 
     async fn sync(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
-            give_back_free_space(&inner.writer.lock().unwrap())?;
-            // Every commit is in the log until a checkpoint copies it into the file
-            // (and a checkpoint flushes the file before the log is reused).
-            let mut log = inner.path.clone().into_os_string();
-            log.push("-wal");
+            let writer = inner.writer.lock().unwrap();
+            give_back_free_space(&writer)?;
+            let log = inner.log_path();
+            let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            if log_bytes > LOG_LIMIT_BYTES as u64 {
+                // Copy a long log into the file and empty it (the checkpoint flushes
+                // both): the last mount to leave must not leave it behind.
+                let _alone = inner.checkpointing.lock().unwrap();
+                writer
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(sqlite)?;
+            }
+            // Every commit not yet copied into the file is in the log.
             let file = match std::fs::File::open(&log) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -602,9 +670,9 @@ impl Store for EmbeddedStore {
             let page = number("page_size")?;
             let pages = number("page_count")?;
             let free = number("freelist_count")?;
-            let mut log = self.inner.path.clone().into_os_string();
-            log.push("-wal");
-            let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            let log_bytes = std::fs::metadata(self.inner.log_path())
+                .map(|m| m.len())
+                .unwrap_or(0);
             Ok(Some(StoreSpace {
                 file_bytes: pages * page + log_bytes,
                 used_bytes: (pages - free) * page,
