@@ -90,6 +90,8 @@ pub(super) struct HeldChanges {
     /// Changes taken to be written and not yet committed: still shown, so that no
     /// getattr in between answers with the attributes from before them.
     writing: Mutex<HashMap<u64, AttrDelta>>,
+    /// Told whenever a change taken to be written was committed.
+    committed: tokio::sync::Notify,
     wake: tokio::sync::Notify,
     /// Whether a flusher task writes held changes; without one nothing is held.
     flusher: AtomicBool,
@@ -116,6 +118,20 @@ impl HeldChanges {
     /// The change taken for `ino` was committed (or given back with [`Self::hold`]).
     pub(super) fn written(&self, ino: u64) {
         self.writing.lock().unwrap().remove(&ino);
+        self.committed.notify_waiters();
+    }
+
+    /// Wait until no change taken for `ino` is still being written, so that a change
+    /// made now commits after it instead of being undone by it.
+    pub(super) async fn settled(&self, ino: u64) {
+        loop {
+            // Made before the check, so that a commit in between still wakes it.
+            let committed = self.committed.notified();
+            if !self.writing.lock().unwrap().contains_key(&ino) {
+                return;
+            }
+            committed.await;
+        }
     }
 
     /// Show what is held for the inode (and what is being written) on it.

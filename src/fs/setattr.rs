@@ -157,6 +157,8 @@ impl Fs {
         if let Some(data) = data.as_mut() {
             self.flush_data(data).await?;
         }
+        // A held change the flusher is writing right now would land on top of this one.
+        self.held.settled(ino).await;
         let earlier = self.held.take(ino);
         let inode = self
             .optimistic(|fresh| async move {
