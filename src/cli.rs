@@ -27,6 +27,9 @@ Mount options (-o, comma separated; the same in /etc/fstab):
                         connection) for this long in all, then fail the system call
                         with EIO and log a warning (default 30)
   threads=N             FUSE worker threads (default 4)
+  write_buffer=SIZE     unflushed data per open file (bytes, or with k, m, g) past
+                        which its full blocks are written in the background while
+                        writing goes on (default 16m)
   heartbeat=SECS        how often the session lease is renewed (default 10); a
                         client that stops renewing for 3 heartbeats loses its locks
   logfile=PATH          where a daemonized mount logs (default /var/log/dynamofs.log
@@ -172,6 +175,8 @@ pub struct MountOptions {
     pub logfile: Option<PathBuf>,
     /// Session lease renewal interval.
     pub heartbeat: Duration,
+    /// Unflushed bytes per open file before they are written behind.
+    pub write_buffer: usize,
 }
 
 impl Default for MountOptions {
@@ -190,6 +195,7 @@ impl Default for MountOptions {
             threads: 4,
             logfile: None,
             heartbeat: Duration::from_secs(10),
+            write_buffer: crate::fs::FsConfig::default().dirty_limit,
         }
     }
 }
@@ -220,6 +226,22 @@ fn number<T: TryFrom<u64>>(key: &str, value: &str, radix_octal: bool) -> Result<
             if radix_octal { "n octal" } else { "" }
         )
     })
+}
+
+/// A size in bytes, with an optional k, m or g suffix (powers of 1024).
+fn bytes(key: &str, value: &str) -> Result<usize, String> {
+    let lower = value.to_ascii_lowercase();
+    let (digits, shift) = [('k', 10), ('m', 20), ('g', 30)]
+        .into_iter()
+        .find_map(|(suffix, shift)| lower.strip_suffix(suffix).map(|d| (d, shift)))
+        .unwrap_or((lower.as_str(), 0));
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            format!("mount option {key}={value}: expected a size such as 262144, 256k or 16m")
+        })
 }
 
 /// A DynamoDB endpoint URL: http or https, with a host.
@@ -267,6 +289,7 @@ impl MountOptions {
                 ("retry_budget", Some(v)) => o.patience.retry_budget = seconds(key, v)?,
                 ("threads", Some(v)) => o.threads = number::<usize>(key, v, false)?.clamp(1, 64),
                 ("logfile", Some(v)) => o.logfile = Some(PathBuf::from(v)),
+                ("write_buffer", Some(v)) => o.write_buffer = bytes(key, v)?,
                 ("heartbeat", Some(v)) => {
                     o.heartbeat = seconds(key, v)?.max(Duration::from_millis(200))
                 }
@@ -306,6 +329,11 @@ mod tests {
         let o = MountOptions::parse(&["timeout=2,retry_budget=7.5"]).unwrap();
         assert_eq!(o.patience.request_timeout, Duration::from_secs(2));
         assert_eq!(o.patience.retry_budget, Duration::from_millis(7500));
+        let o = MountOptions::parse(&["write_buffer=256k"]).unwrap();
+        assert_eq!(o.write_buffer, 256 * 1024);
+        let o = MountOptions::parse(&["write_buffer=1G"]).unwrap();
+        assert_eq!(o.write_buffer, 1 << 30);
+        assert!(MountOptions::parse(&["write_buffer=16q"]).is_err());
     }
 
     #[test]

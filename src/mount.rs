@@ -340,6 +340,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         gid: options.gid,
         umask: options.umask,
         root_owner: (options.uid.unwrap_or(uid), options.gid.unwrap_or(gid)),
+        dirty_limit: options.write_buffer,
         ..FsConfig::default()
     }
 }

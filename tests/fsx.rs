@@ -20,11 +20,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{mount_local, mount_table, unique_table, Mounted};
+use common::{mount_local_with, mount_table, unique_table, Mounted};
 
 /// Largest file size the operations reach: 4 blocks of 256 KiB, enough for holes,
 /// partial and whole blocks, inline data and its moves to blocks and back.
 const MAX_SIZE: u64 = 1 << 20;
+/// Small write buffers, so that writes past them go behind (in the background) while
+/// reads, truncations and more writes of the same blocks follow.
+const WRITE_BUFFER: &str = "write_buffer=300k";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -310,7 +313,7 @@ fn random_operations_on_the_embedded_store_match_a_local_file() {
     // a disk flush per close or fsync would make 100,000 of them take a quarter hour.
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let db = store.path().join("fsx.db");
-    let remount = || mount_local(&db);
+    let remount = || mount_local_with(&db, WRITE_BUFFER);
     run(
         seed,
         env_or("DYNAMOFS_FSX_OPS", 100_000),
@@ -326,7 +329,7 @@ fn random_operations_on_one_mount_are_what_another_mount_opens() {
     println!("seed {seed} (replay with DYNAMOFS_FSX_SEED={seed})");
     let table = unique_table("Fsx");
     let checker = mount_table(&table, "");
-    let remount = || mount_table(&table, "");
+    let remount = || mount_table(&table, WRITE_BUFFER);
     let checker_dir = checker.path().to_path_buf();
     run(
         seed,

@@ -35,6 +35,16 @@ fn block_item(bytes: &[u8]) -> crate::store::Item {
     })
 }
 
+/// The unconditional put of block `idx` of `ino` in the blocks table of a filesystem
+/// with `stripes` stripes per file (for tasks that hold no [`Fs`]).
+pub(super) fn block_put(stripes: u64, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
+    WriteOp::Put {
+        key: keys::block_key(ino, idx, stripes),
+        item: block_item(block),
+        cond: Condition::None,
+    }
+}
+
 impl Fs {
     /// Read an inode and its inline data together (one query of its partition), fresh.
     pub(super) async fn load_for_open(&self, ino: u64) -> FsResult<(Inode, Option<Vec<u8>>)> {
@@ -110,11 +120,7 @@ impl Fs {
 
     /// The unconditional put of block `idx` of `ino` in the blocks table.
     pub(super) fn block_put(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
-        WriteOp::Put {
-            key: keys::block_key(ino, idx, self.format.stripes),
-            item: block_item(block),
-            cond: Condition::None,
-        }
+        block_put(self.format.stripes, ino, idx, block)
     }
 
     /// The unconditional delete of block `idx` of `ino` from the blocks table.

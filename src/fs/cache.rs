@@ -3,9 +3,15 @@
 //! and complete listings of directories, so that a name missing from a fresh listing
 //! is known to be absent without a request (the create's condition still guarantees
 //! exclusivity across clients).
+//!
+//! Inodes read together (a listing's batch get) expire together, and are asked for
+//! again together: `find | xargs cat` or `cp -a` reaches the files of a directory one
+//! by one after their attributes expired, so the first miss among them re-reads its
+//! expired companions in the same batch get ([`MetaCache::expired_companions`]), and
+//! the files that follow hit the cache, as an NFS client's readdirplus does.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::records::{Entry, Inode, Timestamp};
@@ -14,6 +20,11 @@ use crate::records::{Entry, Inode, Timestamp};
 const CACHE_LIMIT: usize = 200_000;
 /// How long a directory stays contended after a transaction on it collided.
 const CONTENDED_FOR: Duration = Duration::from_secs(10);
+/// Most inodes one read brings (DynamoDB's batch get limit).
+pub(super) const INODE_BATCH_LIMIT: usize = 100;
+
+/// The inodes read by one batch get.
+type Cohort = Arc<[u64]>;
 
 /// (directory inode, name bytes).
 type EntryKey = (u64, Vec<u8>);
@@ -47,11 +58,17 @@ pub(super) enum Known {
 pub(super) struct MetaCache {
     attr_ttl: Duration,
     entry_ttl: Duration,
-    inodes: Mutex<HashMap<u64, Cached<Inode>>>,
+    inodes: Mutex<HashMap<u64, Cached<InodeCopy>>>,
     entries: Mutex<HashMap<EntryKey, Cached<Entry>>>,
     listings: Mutex<HashMap<u64, Cached<Listing>>>,
     /// Directories where this client's transactions recently collided with others'.
     contended: Mutex<HashMap<u64, Instant>>,
+}
+
+/// A cached inode, and the cohort it was read in, if it was read in a batch.
+struct InodeCopy {
+    inode: Inode,
+    cohort: Option<Cohort>,
 }
 
 /// A complete listing of one directory.
@@ -91,7 +108,7 @@ impl MetaCache {
         cache
             .get(&ino)
             .filter(|c| c.at.elapsed() < self.attr_ttl)
-            .map(|c| c.value.clone())
+            .map(|c| c.value.inode.clone())
     }
 
     /// The inode as last seen, however long ago.
@@ -100,14 +117,64 @@ impl MetaCache {
             .lock()
             .unwrap()
             .get(&ino)
-            .map(|c| c.value.clone())
+            .map(|c| c.value.inode.clone())
     }
 
     /// Remember an inode as just read or written.
     pub(super) fn put_inode(&self, inode: &Inode) {
         let mut cache = self.inodes.lock().unwrap();
         prune(&mut cache, self.attr_ttl);
-        cache.insert(inode.ino, Cached::new(inode.clone()));
+        let copy = InodeCopy {
+            inode: inode.clone(),
+            cohort: None,
+        };
+        cache.insert(inode.ino, Cached::new(copy));
+    }
+
+    /// Remember inodes read by one batch get, as a cohort that is asked for again
+    /// together. A copy this client wrote meanwhile (a higher version) is kept.
+    pub(super) fn put_inodes_read_together(&self, inodes: &[Inode]) {
+        let cohort: Cohort = inodes.iter().map(|i| i.ino).collect();
+        let mut cache = self.inodes.lock().unwrap();
+        prune(&mut cache, self.attr_ttl);
+        for inode in inodes {
+            if cache
+                .get(&inode.ino)
+                .is_some_and(|c| c.value.inode.ver > inode.ver)
+            {
+                continue;
+            }
+            let copy = InodeCopy {
+                inode: inode.clone(),
+                cohort: Some(cohort.clone()),
+            };
+            cache.insert(inode.ino, Cached::new(copy));
+        }
+    }
+
+    /// The other members of the cohort `ino` was read with whose copies expired as
+    /// its own did, at most [`INODE_BATCH_LIMIT`] less one: the inodes to read again
+    /// with it. Members read or written since on their own have left the cohort.
+    pub(super) fn expired_companions(&self, ino: u64) -> Vec<u64> {
+        let cache = self.inodes.lock().unwrap();
+        let Some(cohort) = cache.get(&ino).and_then(|c| c.value.cohort.as_ref()) else {
+            return Vec::new();
+        };
+        cohort
+            .iter()
+            .filter(|other| **other != ino)
+            .filter(|other| {
+                cache.get(other).is_some_and(|c| {
+                    c.at.elapsed() >= self.attr_ttl
+                        && c.value
+                            .cohort
+                            .as_ref()
+                            .is_some_and(|t| Arc::ptr_eq(t, cohort))
+                })
+            })
+            .take(INODE_BATCH_LIMIT - 1)
+            .copied()
+            .collect()
     }
 
     /// Forget an inode (deleted, or changed behind our back).
@@ -119,8 +186,8 @@ impl MetaCache {
     /// bump): keep the cached copy in step instead of reading it back.
     pub(super) fn touch_dir(&self, ino: u64, now: Timestamp, nlink_delta: i64) {
         if let Some(c) = self.inodes.lock().unwrap().get_mut(&ino) {
-            c.value.touch(now, nlink_delta);
-            c.value.ver += 1;
+            c.value.inode.touch(now, nlink_delta);
+            c.value.inode.ver += 1;
         }
         if let Some(listing) = self.listings.lock().unwrap().get_mut(&ino) {
             listing.value.ver = listing.value.ver.map(|v| v + 1);

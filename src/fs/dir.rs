@@ -10,13 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::cache::INODE_BATCH_LIMIT;
 use super::{DirEntry, Fs, FsError, FsResult, Handle};
-use crate::keys::{self, decode_name, encode_name, inode_key};
+use crate::keys::{self, decode_name, encode_name};
 use crate::records::{from_item, Entry, FileKind, Inode};
 use crate::store::{SortKey, Table};
-
-/// Inodes read per batch get while listing (DynamoDB's batch limit).
-const PREFETCH_BATCH: usize = 100;
 
 /// A part of a directory handle's snapshot, without copying the rest.
 struct SnapshotSlice {
@@ -68,16 +66,16 @@ impl Fs {
         // could find an entry expired meanwhile and drop a file that exists.
         let mut attrs: Vec<Option<Inode>> =
             entries.iter().map(|e| self.cache.inode(e.ino)).collect();
-        let expired: Vec<DirEntry> = entries
+        let expired: Vec<u64> = entries
             .iter()
             .zip(&attrs)
             .filter(|(e, a)| a.is_none() && e.name != b"." && e.name != b"..")
-            .map(|(e, _)| e.clone())
+            .map(|(e, _)| e.ino)
             .collect();
         let mut read = HashMap::new();
-        for batch in expired.chunks(PREFETCH_BATCH) {
+        for batch in expired.chunks(INODE_BATCH_LIMIT) {
             read.extend(
-                self.prefetch_inodes(batch)
+                self.read_inodes(batch)
                     .await?
                     .into_iter()
                     .map(|i| (i.ino, i)),
@@ -161,13 +159,13 @@ impl Fs {
             }
             None => listing.extend(self.list_entries(ino, Some(dir.ver)).await?),
         }
-        let uncached: Vec<DirEntry> = listing[2..]
+        let uncached: Vec<u64> = listing[2..]
             .iter()
             .filter(|e| self.cache.inode(e.ino).is_none())
-            .cloned()
+            .map(|e| e.ino)
             .collect();
-        for batch in uncached.chunks(PREFETCH_BATCH) {
-            self.prefetch_inodes(batch).await?;
+        for batch in uncached.chunks(INODE_BATCH_LIMIT) {
+            self.read_inodes(batch).await?;
         }
         Ok(listing)
     }
@@ -206,18 +204,5 @@ impl Fs {
             ver,
         );
         Ok(listing)
-    }
-
-    /// Read the inodes of `entries` with one batch get, cache them, and return them
-    /// (those that still exist).
-    async fn prefetch_inodes(&self, entries: &[DirEntry]) -> FsResult<Vec<Inode>> {
-        let keys: Vec<_> = entries.iter().map(|e| inode_key(e.ino)).collect();
-        let mut read = Vec::new();
-        for item in self.store.batch_get(&keys).await?.into_iter().flatten() {
-            let inode = from_item::<Inode>(item)?;
-            self.cache_inode(&inode);
-            read.push(inode);
-        }
-        Ok(read)
     }
 }

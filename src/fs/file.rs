@@ -3,7 +3,9 @@
 //!
 //! The data of a file open on this client is held per inode ([`FileData`]), shared by
 //! all its handles: writes land in whole-block buffers and go to the store on flush,
-//! fsync, close, or when the buffers pass `dirty_limit`. A write never reads a block
+//! fsync and close. Once the buffers pass `dirty_limit`, their full blocks are written
+//! behind, by a background task, while the writer fills new buffers ([`WriteBehind`]);
+//! the inode records them at the next flush. A write never reads a block
 //! it covers whole; a partial write reads the block once. Reads fetch every missing
 //! block of the request (and a readahead window when reading sequentially) in one
 //! batch get.
@@ -13,13 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 
-use super::blocks::PARALLEL_BLOCKS;
+use super::blocks::{block_put, PARALLEL_BLOCKS};
 use super::held::AttrDelta;
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
 use crate::records::{Cleanup, FileKind, Inode, Timestamp};
-use crate::store::{Condition, WriteOp};
+use crate::store::{Condition, StoreError, WriteOp};
 
 /// Clean blocks kept per open file.
 const CLEAN_BLOCKS: usize = 64;
@@ -61,11 +63,29 @@ pub(super) struct FileData {
     held: Option<AttrDelta>,
     dirty: BTreeMap<u64, Vec<u8>>,
     dirty_bytes: usize,
+    /// Full blocks being written in the background, newer than the store's and older
+    /// than `dirty`'s copy of the same block.
+    behind: Option<WriteBehind>,
+    /// Block 0 went to the blocks table behind since the inode was last written: the
+    /// next flush records that it is no longer inline.
+    block0_behind: bool,
     clean: BTreeMap<u64, Arc<Vec<u8>>>,
     next_read: u64,
     /// Changes with every change of content or identity, never repeating across files,
     /// so a read that fetched without the lock knows whether what it fetched still fits.
     generation: u64,
+}
+
+/// Blocks handed to a background task at the dirty limit. One such upload runs per file
+/// at a time: the next one, and every flush, waits for it first, so two puts of one
+/// block are never in flight together and a file's buffers stay within twice
+/// `dirty_limit`. Its blocks lie past the stored size (announced in the writers record
+/// first) or overwrite stored ones; either way only the next flush's inode update
+/// makes them part of the file's recorded state.
+struct WriteBehind {
+    blocks: Arc<BTreeMap<u64, Vec<u8>>>,
+    /// The blocks whose put failed, with why.
+    task: tokio::task::JoinHandle<Vec<(u64, StoreError)>>,
 }
 
 /// Source of [`FileData::generation`] values.
@@ -169,6 +189,8 @@ impl FileData {
             held: None,
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
+            behind: None,
+            block0_behind: false,
             clean: BTreeMap::new(),
             next_read: 0,
             generation: next_generation(),
@@ -189,7 +211,15 @@ impl FileData {
     }
 
     pub(super) fn has_unflushed(&self) -> bool {
-        !self.dirty.is_empty() || self.mtime.is_some() || self.held.is_some()
+        !self.dirty.is_empty()
+            || self.behind.is_some()
+            || self.mtime.is_some()
+            || self.held.is_some()
+    }
+
+    /// The copy of block `idx` being written behind, if any.
+    fn behind(&self, idx: u64) -> Option<&Vec<u8>> {
+        self.behind.as_ref().and_then(|b| b.blocks.get(&idx))
     }
 
     /// Keep a block as it is stored, for later reads and partial writes; past
@@ -301,7 +331,9 @@ impl Fs {
             }
             let (first, last) = (offset / bs, (end - 1) / bs);
             let missing = |data: &FileData, i: &u64| {
-                !data.dirty.contains_key(i) && !data.clean.contains_key(i)
+                !data.dirty.contains_key(i)
+                    && data.behind(*i).is_none()
+                    && !data.clean.contains_key(i)
             };
             let mut wanted: Vec<u64> = (first..=last).filter(|i| missing(&data, i)).collect();
             if offset == data.next_read && !wanted.is_empty() {
@@ -334,6 +366,7 @@ impl Fs {
                     .dirty
                     .get(&idx)
                     .or_else(|| fetched.get(&idx))
+                    .or_else(|| data.behind(idx))
                     .map(Vec::as_slice)
                     .or_else(|| data.clean.get(&idx).map(|b| b.as_slice()));
                 let Some(block) = block else { continue };
@@ -370,6 +403,8 @@ impl Fs {
                 let whole = from == 0 && to as u64 == bs;
                 let base = if whole || block_start >= data.size {
                     Vec::new()
+                } else if let Some(behind) = data.behind(idx) {
+                    behind.clone()
                 } else if let Some(clean) = data.clean.get(&idx) {
                     clean.as_ref().clone()
                 } else {
@@ -401,9 +436,95 @@ impl Fs {
         data.held = data.held.map(AttrDelta::without_times);
         self.files.set_pending(ino, &data);
         if data.dirty_bytes > self.config.dirty_limit {
-            self.flush_data(&mut data).await?;
+            self.write_behind(&mut data).await?;
         }
         Ok(buf.len() as u32)
+    }
+
+    /// Hand the full dirty blocks to a background upload (see [`WriteBehind`]), once
+    /// the one before it has ended.
+    async fn write_behind(&self, data: &mut FileData) -> FsResult<()> {
+        self.finish_write_behind(data).await;
+        let ino = data.stored.ino;
+        let bs = self.format.block_size;
+        let full: Vec<u64> = data
+            .dirty
+            .iter()
+            .filter(|(_, block)| block.len() as u64 == bs)
+            .map(|(idx, _)| *idx)
+            .collect();
+        if full.is_empty() {
+            return self.flush_data(data).await;
+        }
+        let stored = &data.stored;
+        if full
+            .iter()
+            .any(|idx| idx * bs >= stored.size || (*idx == 0 && stored.inline))
+        {
+            self.writing_past_end(ino).await?;
+        }
+        let blocks: BTreeMap<u64, Vec<u8>> = full
+            .iter()
+            .filter_map(|idx| data.dirty.remove_entry(idx))
+            .collect();
+        data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+        data.block0_behind |= blocks.contains_key(&0);
+        let blocks = Arc::new(blocks);
+        let (store, stripes) = (self.store.clone(), self.format.stripes);
+        let task = tokio::spawn({
+            let blocks = blocks.clone();
+            async move {
+                let indices: Vec<u64> = blocks.keys().copied().collect();
+                let mut puts = stream::iter(indices.into_iter().map(|idx| {
+                    let put = block_put(stripes, ino, idx, &blocks[&idx]);
+                    let store = store.clone();
+                    async move { (idx, store.write(put).await) }
+                }))
+                .buffer_unordered(PARALLEL_BLOCKS);
+                let mut failed = Vec::new();
+                while let Some((idx, result)) = puts.next().await {
+                    if let Err(e) = result {
+                        failed.push((idx, e));
+                    }
+                }
+                failed
+            }
+        });
+        data.behind = Some(WriteBehind { blocks, task });
+        Ok(())
+    }
+
+    /// Wait for the background upload of `data`, if one runs. Its blocks become clean
+    /// ones; a block whose put failed goes back to the dirty buffers (unless written
+    /// again since), for the flush to write, or fail on, again.
+    async fn finish_write_behind(&self, data: &mut FileData) {
+        let Some(behind) = data.behind.take() else {
+            return;
+        };
+        let failed: HashMap<u64, StoreError> = match behind.task.await {
+            Ok(failures) => failures.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "a background block upload did not finish");
+                behind
+                    .blocks
+                    .keys()
+                    .map(|idx| (*idx, StoreError::fatal(e.to_string())))
+                    .collect()
+            }
+        };
+        let blocks = Arc::try_unwrap(behind.blocks).unwrap_or_else(|shared| (*shared).clone());
+        for (idx, block) in blocks {
+            if data.dirty.contains_key(&idx) {
+                continue;
+            }
+            if let Some(e) = failed.get(&idx) {
+                tracing::debug!(ino = data.stored.ino, idx, error = %e, "a block written behind failed; the flush writes it again");
+                data.dirty_bytes += block.len();
+                data.dirty.insert(idx, block);
+            } else {
+                data.keep_clean(idx, block);
+            }
+        }
     }
 
     /// Write buffered blocks, then the inode's new size, mtime and held attributes. A
@@ -412,6 +533,7 @@ impl Fs {
         if !data.has_unflushed() {
             return Ok(());
         }
+        self.finish_write_behind(data).await;
         let ino = data.stored.ino;
         let bs = self.format.block_size;
         let size = data.size;
@@ -422,22 +544,28 @@ impl Fs {
         }
         // Block 0 of a file that fits inline goes to the inline item; if it was inline
         // and is rewritten into the blocks table, the inline item goes away.
-        let wrote_block0 = dirty.contains_key(&0);
+        let wrote_block0 = dirty.contains_key(&0) || data.block0_behind;
         let inline_block = if self.fits_inline(size) {
             dirty.remove(&0)
         } else {
             None
         };
-        let small = dirty.values().map(Vec::len).sum::<usize>() <= SMALL_FLUSH_BYTES;
+        // Blocks that land where the stored inode says nothing is would be garbage if
+        // this client died before recording the new size.
+        let stored = &data.stored;
+        let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
+        // One such block goes in the transaction that records the size too: a new file
+        // of up to a block then costs its create and one request, where a writers
+        // record, a put and its removal would add three, for at most a block's worth
+        // of write units more (a transaction bills twice).
+        let small = dirty.values().map(Vec::len).sum::<usize>() <= SMALL_FLUSH_BYTES
+            || (dirty.len() == 1 && dirty.keys().all(|idx| past_end(*idx)));
         let with_inode = if small {
             std::mem::take(&mut dirty)
         } else {
             BTreeMap::new()
         };
-        // Blocks that land where the stored inode says nothing is would be garbage if
-        // this client died before recording the new size: say so first.
-        let stored = &data.stored;
-        let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
+        // Any other block past the end is announced in the writers record first (`gc.rs`).
         if dirty.keys().any(|idx| past_end(*idx)) {
             if let Err(e) = self.writing_past_end(ino).await {
                 data.dirty.extend(dirty);
@@ -475,7 +603,8 @@ impl Fs {
             return Err(e.into());
         }
         // Changes held while the file had nothing to flush are older than its writes.
-        let earlier = self.held.take(ino);
+        let taken = self.held.take(ino).await;
+        let earlier = taken.delta();
         let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
         let (with_inode_ref, inline_ref) = (&with_inode, &inline_block);
@@ -541,24 +670,21 @@ impl Fs {
                 data.dirty_bytes = 0;
                 data.mtime = None;
                 data.held = None;
-                self.held.written(ino);
                 return Err(FsError::Stale);
             }
             Err(e) => {
                 restore(data, with_inode, inline_block);
-                if let Some(earlier) = earlier {
-                    self.held.hold(ino, earlier);
-                }
-                self.held.written(ino);
+                taken.give_back();
                 return Err(e);
             }
             Ok(updated) => updated,
         };
-        self.held.written(ino);
+        drop(taken);
         for (idx, block) in with_inode.into_iter().chain(inline_block.map(|b| (0, b))) {
             data.keep_clean(idx, block);
         }
         data.dirty_bytes = 0;
+        data.block0_behind = false;
         data.stored = updated;
         data.mtime = None;
         data.held = None;

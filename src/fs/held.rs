@@ -10,6 +10,7 @@
 //! file's data. A file with unflushed writes holds its changes with those writes
 //! instead (see `file.rs`), with the same [`AttrDelta`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,13 +89,51 @@ impl AttrDelta {
 pub(super) struct HeldChanges {
     held: Mutex<HashMap<u64, (AttrDelta, Instant)>>,
     /// Changes taken to be written and not yet committed: still shown, so that no
-    /// getattr in between answers with the attributes from before them.
+    /// getattr in between answers with the attributes from before them. An inode is
+    /// here from [`HeldChanges::take`] until its [`Taken`] is dropped, even when nothing
+    /// was held for it, so that writes of one inode's attributes never overlap.
     writing: Mutex<HashMap<u64, AttrDelta>>,
-    /// Told whenever a change taken to be written was committed.
-    committed: tokio::sync::Notify,
+    /// Told whenever a [`Taken`] is dropped.
+    released: tokio::sync::Notify,
     wake: tokio::sync::Notify,
     /// Whether a flusher task writes held changes; without one nothing is held.
     flusher: AtomicBool,
+}
+
+/// What was held for one inode, taken to be written with the next write of its
+/// attributes. While it lives it is shown by getattr and no other write of the
+/// inode's attributes can take it or start (see [`HeldChanges::take`]).
+pub(super) struct Taken<'a> {
+    changes: &'a HeldChanges,
+    ino: u64,
+    delta: Option<AttrDelta>,
+}
+
+impl Taken<'_> {
+    /// The change taken, if anything was held.
+    pub(super) fn delta(&self) -> Option<AttrDelta> {
+        self.delta
+    }
+
+    /// The write that was to carry the change failed: hold it again, before whatever
+    /// was held since.
+    pub(super) fn give_back(mut self) {
+        if let Some(delta) = self.delta.take() {
+            let mut held = self.changes.held.lock().unwrap();
+            let entry = held
+                .entry(self.ino)
+                .or_insert_with(|| (AttrDelta::default(), Instant::now()));
+            entry.0 = delta.then(entry.0);
+            self.changes.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.changes.writing.lock().unwrap().remove(&self.ino);
+        self.changes.released.notify_waiters();
+    }
 }
 
 impl HeldChanges {
@@ -108,29 +147,27 @@ impl HeldChanges {
         self.wake.notify_one();
     }
 
-    /// Take what is held for `ino`, to write it now; it stays shown until [`Self::written`].
-    pub(super) fn take(&self, ino: u64) -> Option<AttrDelta> {
-        let delta = self.held.lock().unwrap().remove(&ino).map(|(d, _)| d)?;
-        self.writing.lock().unwrap().insert(ino, delta);
-        Some(delta)
-    }
-
-    /// The change taken for `ino` was committed (or given back with [`Self::hold`]).
-    pub(super) fn written(&self, ino: u64) {
-        self.writing.lock().unwrap().remove(&ino);
-        self.committed.notify_waiters();
-    }
-
-    /// Wait until no change taken for `ino` is still being written, so that a change
-    /// made now commits after it instead of being undone by it.
-    pub(super) async fn settled(&self, ino: u64) {
+    /// Take what is held for `ino` to write it now, first waiting until no other write
+    /// of its attributes that took held changes is still under way: one that commits
+    /// later would land on top of this one and undo it (the flusher's delayed
+    /// `chmod 4777` over the kernel's clearing of setuid after another user's write).
+    pub(super) async fn take(&self, ino: u64) -> Taken<'_> {
         loop {
-            // Made before the check, so that a commit in between still wakes it.
-            let committed = self.committed.notified();
-            if !self.writing.lock().unwrap().contains_key(&ino) {
-                return;
+            // Made before the check, so that a release in between still wakes it.
+            let released = self.released.notified();
+            {
+                let mut writing = self.writing.lock().unwrap();
+                if let Entry::Vacant(slot) = writing.entry(ino) {
+                    let delta = self.held.lock().unwrap().remove(&ino).map(|(d, _)| d);
+                    slot.insert(delta.unwrap_or_default());
+                    return Taken {
+                        changes: self,
+                        ino,
+                        delta,
+                    };
+                }
             }
-            committed.await;
+            released.await;
         }
     }
 
@@ -152,34 +189,24 @@ impl HeldChanges {
         }
     }
 
-    /// Take the changes held for at least `hold`, and say when the next one is due.
-    fn due(&self, hold: Duration) -> (Vec<(u64, AttrDelta)>, Option<Duration>) {
-        let due: Vec<u64> = {
-            let held = self.held.lock().unwrap();
-            held.iter()
-                .filter(|(_, (_, since))| since.elapsed() >= hold)
-                .map(|(ino, _)| *ino)
-                .collect()
-        };
-        let taken = due
-            .into_iter()
-            .filter_map(|ino| self.take(ino).map(|d| (ino, d)))
+    /// The inodes whose changes were held for at least `hold`, and when the next one is due.
+    fn due(&self, hold: Duration) -> (Vec<u64>, Option<Duration>) {
+        let held = self.held.lock().unwrap();
+        let due = held
+            .iter()
+            .filter(|(_, (_, since))| since.elapsed() >= hold)
+            .map(|(ino, _)| *ino)
             .collect();
-        let next = self
-            .held
-            .lock()
-            .unwrap()
+        let next = held
             .values()
-            .map(|(_, since)| hold.saturating_sub(since.elapsed()))
+            .filter(|(_, since)| since.elapsed() < hold)
+            .map(|(_, since)| hold - since.elapsed())
             .min();
-        (taken, next)
+        (due, next)
     }
 
-    fn all(&self) -> Vec<(u64, AttrDelta)> {
-        let inos: Vec<u64> = self.held.lock().unwrap().keys().copied().collect();
-        inos.into_iter()
-            .filter_map(|ino| self.take(ino).map(|d| (ino, d)))
-            .collect()
+    fn all(&self) -> Vec<u64> {
+        self.held.lock().unwrap().keys().copied().collect()
     }
 }
 
@@ -199,23 +226,24 @@ impl Fs {
 
     /// Write what is held for `ino` now (fsync, locks, truncation).
     pub(super) async fn write_held(&self, ino: u64) -> FsResult<()> {
-        match self.held.take(ino) {
-            Some(delta) => self.write_delta(ino, delta).await,
-            None => Ok(()),
-        }
+        self.write_taken(self.held.take(ino).await).await
     }
 
     /// Write every held change (unmount).
     pub async fn write_all_held(&self) {
-        for (ino, delta) in self.held.all() {
-            if let Err(e) = self.write_delta(ino, delta).await {
+        for ino in self.held.all() {
+            if let Err(e) = self.write_held(ino).await {
                 tracing::warn!(ino, error = %e, "cannot write held attribute changes");
             }
         }
     }
 
     /// Write a change taken with [`HeldChanges::take`].
-    async fn write_delta(&self, ino: u64, delta: AttrDelta) -> FsResult<()> {
+    async fn write_taken(&self, taken: Taken<'_>) -> FsResult<()> {
+        let Some(delta) = taken.delta() else {
+            return Ok(());
+        };
+        let ino = taken.ino;
         let written = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
@@ -224,7 +252,6 @@ impl Fs {
                 self.commit(tx).await.map(|_| ())
             })
             .await;
-        self.held.written(ino);
         match written {
             // Deleted meanwhile: nothing left to change.
             Err(FsError::Stale) => Ok(()),
@@ -241,8 +268,8 @@ impl Fs {
             loop {
                 let hold = fs.hold_time();
                 let (due, next) = fs.held.due(hold);
-                for (ino, delta) in due {
-                    if let Err(e) = fs.write_delta(ino, delta).await {
+                for ino in due {
+                    if let Err(e) = fs.write_held(ino).await {
                         tracing::warn!(ino, error = %e, "cannot write held attribute changes");
                     }
                 }

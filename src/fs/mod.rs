@@ -88,7 +88,7 @@ pub struct FsConfig {
     pub gid: Option<u32>,
     /// Clear these permission bits in every reported mode.
     pub umask: Option<u32>,
-    /// Unflushed bytes per open file before they are written back early.
+    /// Unflushed bytes per open file before its full blocks are written behind.
     pub dirty_limit: usize,
     /// Owner of the root directory when the filesystem is first formatted.
     pub root_owner: (u32, u32),
@@ -421,11 +421,21 @@ impl Fs {
         Ok(done.written)
     }
 
-    /// Read an inode; `fresh` bypasses the cache.
+    /// Read an inode; `fresh` bypasses the cache. An expired copy read in a batch is
+    /// read again with its expired companions (see `cache.rs`).
     async fn load_inode(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
         if !fresh {
             if let Some(inode) = self.cache.inode(ino) {
                 return Ok(inode);
+            }
+            let companions = self.cache.expired_companions(ino);
+            if !companions.is_empty() {
+                let inos: Vec<u64> = std::iter::once(ino).chain(companions).collect();
+                let read = self.read_inodes(&inos).await?;
+                return read
+                    .into_iter()
+                    .find(|i| i.ino == ino)
+                    .ok_or(FsError::Stale);
             }
         }
         match self.store.get(&keys::inode_key(ino)).await? {
@@ -441,6 +451,21 @@ impl Fs {
                 Err(FsError::Stale)
             }
         }
+    }
+
+    /// Read `inos` (at most [`cache::INODE_BATCH_LIMIT`]) with one batch get and cache
+    /// them as read together; returns those that still exist, and forgets the others.
+    async fn read_inodes(&self, inos: &[u64]) -> FsResult<Vec<Inode>> {
+        let keys: Vec<_> = inos.iter().map(|ino| keys::inode_key(*ino)).collect();
+        let mut read = Vec::new();
+        for (ino, item) in inos.iter().zip(self.store.batch_get(&keys).await?) {
+            match item {
+                Some(item) => read.push(from_item::<Inode>(item)?),
+                None => self.forget_inode(*ino),
+            }
+        }
+        self.cache.put_inodes_read_together(&read);
+        Ok(read)
     }
 
     /// Read the inode an entry points at (from the cache unless `fresh`). If it is gone,

@@ -157,9 +157,8 @@ impl Fs {
         if let Some(data) = data.as_mut() {
             self.flush_data(data).await?;
         }
-        // A held change the flusher is writing right now would land on top of this one.
-        self.held.settled(ino).await;
-        let earlier = self.held.take(ino);
+        let taken = self.held.take(ino).await;
+        let earlier = taken.delta();
         let inode = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;
@@ -176,7 +175,7 @@ impl Fs {
                 Ok(self.commit(tx).await?.remove(&ino).expect("updated inode"))
             })
             .await;
-        self.held.written(ino);
+        drop(taken);
         let inode = inode?;
         if let Some(data) = data.as_mut() {
             if attr.size.is_some() {

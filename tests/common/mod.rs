@@ -353,6 +353,11 @@ fn fresh_mountpoint() -> (tempfile::TempDir, PathBuf) {
 
 /// Mount the embedded store at `db` (created if absent) on a fresh directory.
 pub fn mount_local(db: &Path) -> Mounted {
+    mount_local_with(db, "")
+}
+
+/// [`mount_local`] with more `-o` options.
+pub fn mount_local_with(db: &Path, extra_options: &str) -> Mounted {
     require_fuse();
     let (dir, log) = fresh_mountpoint();
     let out = Command::new(dynamofs_bin())
@@ -360,7 +365,7 @@ pub fn mount_local(db: &Path) -> Mounted {
         .arg(format!("local:{}", db.display()))
         .arg(dir.path())
         .arg("-o")
-        .arg(format!("logfile={}", log.display()))
+        .arg(format!("logfile={},{extra_options}", log.display()))
         .output()
         .unwrap();
     assert!(
