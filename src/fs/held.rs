@@ -119,12 +119,7 @@ impl Taken<'_> {
     /// was held since.
     pub(super) fn give_back(mut self) {
         if let Some(delta) = self.delta.take() {
-            let mut held = self.changes.held.lock().unwrap();
-            let entry = held
-                .entry(self.ino)
-                .or_insert_with(|| (AttrDelta::default(), Instant::now()));
-            entry.0 = delta.then(entry.0);
-            self.changes.wake.notify_one();
+            self.changes.merge(self.ino, |since| delta.then(since));
         }
     }
 }
@@ -139,11 +134,16 @@ impl Drop for Taken<'_> {
 impl HeldChanges {
     /// Hold `delta` for `ino`, merged after what is already held.
     pub(super) fn hold(&self, ino: u64, delta: AttrDelta) {
+        self.merge(ino, |held| held.then(delta));
+    }
+
+    /// Replace what is held for `ino` (nothing: the empty change) by `combine` of it.
+    fn merge(&self, ino: u64, combine: impl FnOnce(AttrDelta) -> AttrDelta) {
         let mut held = self.held.lock().unwrap();
         let entry = held
             .entry(ino)
             .or_insert_with(|| (AttrDelta::default(), Instant::now()));
-        entry.0 = entry.0.then(delta);
+        entry.0 = combine(entry.0);
         self.wake.notify_one();
     }
 
