@@ -7,12 +7,14 @@
 //! not billed for the data. Whatever truncation or deletion leaves behind is recorded
 //! as a cleanup in the same transaction and deleted here.
 
+use std::sync::Arc;
+
 use serde_bytes::ByteBuf;
 
 use super::{Fs, FsError, FsResult};
 use crate::keys;
 use crate::records::{from_item, to_item, Inode};
-use crate::store::{Condition, Key, SortKey, Table, WriteOp};
+use crate::store::{Condition, Key, SortKey, Store, StoreError, Table, WriteOp};
 
 /// Requests in flight at once for one file's blocks.
 pub(super) const PARALLEL_BLOCKS: usize = 16;
@@ -35,13 +37,65 @@ fn block_item(bytes: &[u8]) -> crate::store::Item {
     })
 }
 
-/// The unconditional put of block `idx` of `ino` in the blocks table of a filesystem
-/// with `stripes` stripes per file (for tasks that hold no [`Fs`]).
-pub(super) fn block_put(stripes: u64, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
-    WriteOp::Put {
-        key: keys::block_key(ino, idx, stripes),
-        item: block_item(block),
-        cond: Condition::None,
+/// Blocks as fetched: each block's index and bytes.
+pub(super) type FetchedBlocks = Vec<(u64, Vec<u8>)>;
+
+/// Reads and writes of one filesystem's blocks, cheap to clone into the background
+/// tasks that write behind and read ahead (they hold no [`Fs`]).
+#[derive(Clone)]
+pub(super) struct BlockIo {
+    store: Arc<dyn Store>,
+    block_size: u64,
+    stripes: u64,
+}
+
+impl BlockIo {
+    /// Fetch blocks of `inode`; missing ones (holes) come back empty. Bytes past `size`
+    /// are cut off so that they can never reappear as file content.
+    pub(super) async fn fetch(
+        &self,
+        inode: &Inode,
+        indices: &[u64],
+        size: u64,
+    ) -> FsResult<FetchedBlocks> {
+        let bs = self.block_size;
+        let keys: Vec<Key> = indices.iter().map(|i| self.key(inode, *i)).collect();
+        let items = self.store.batch_get(&keys).await?;
+        indices
+            .iter()
+            .zip(items)
+            .map(|(idx, item)| {
+                let mut block = match item {
+                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
+                    None => Vec::new(),
+                };
+                block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
+                Ok((*idx, block))
+            })
+            .collect()
+    }
+
+    /// Put block `idx` of `ino` in the blocks table, unconditionally.
+    pub(super) async fn put(&self, ino: u64, idx: u64, block: &[u8]) -> Result<(), StoreError> {
+        self.store.write(self.put_op(ino, idx, block)).await
+    }
+
+    /// The unconditional put of block `idx` of `ino` in the blocks table.
+    fn put_op(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
+        WriteOp::Put {
+            key: keys::block_key(ino, idx, self.stripes),
+            item: block_item(block),
+            cond: Condition::None,
+        }
+    }
+
+    /// Where block `idx` of `inode` is stored.
+    fn key(&self, inode: &Inode, idx: u64) -> Key {
+        if idx == 0 && inode.inline {
+            keys::inline_key(inode.ino)
+        } else {
+            keys::block_key(inode.ino, idx, self.stripes)
+        }
     }
 }
 
@@ -84,43 +138,28 @@ impl Fs {
         Ok((inode, inline))
     }
 
-    /// Fetch blocks of `inode` from the store; missing ones (holes) come back empty. Bytes
-    /// past `size` are cut off so that they can never reappear as file content.
+    /// Block I/O of this filesystem.
+    pub(super) fn blocks(&self) -> BlockIo {
+        BlockIo {
+            store: self.store.clone(),
+            block_size: self.format.block_size,
+            stripes: self.format.stripes,
+        }
+    }
+
+    /// Fetch blocks of `inode` from the store (see [`BlockIo::fetch`]).
     pub(super) async fn fetch_blocks(
         &self,
         inode: &Inode,
         indices: &[u64],
         size: u64,
-    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
-        let bs = self.format.block_size;
-        let keys: Vec<Key> = indices.iter().map(|i| self.block_key(inode, *i)).collect();
-        let items = self.store.batch_get(&keys).await?;
-        indices
-            .iter()
-            .zip(items)
-            .map(|(idx, item)| {
-                let mut block = match item {
-                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
-                    None => Vec::new(),
-                };
-                block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
-                Ok((*idx, block))
-            })
-            .collect()
-    }
-
-    /// Where block `idx` of `inode` is stored.
-    fn block_key(&self, inode: &Inode, idx: u64) -> Key {
-        if idx == 0 && inode.inline {
-            keys::inline_key(inode.ino)
-        } else {
-            keys::block_key(inode.ino, idx, self.format.stripes)
-        }
+    ) -> FsResult<FetchedBlocks> {
+        self.blocks().fetch(inode, indices, size).await
     }
 
     /// The unconditional put of block `idx` of `ino` in the blocks table.
     pub(super) fn block_put(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
-        block_put(self.format.stripes, ino, idx, block)
+        self.blocks().put_op(ino, idx, block)
     }
 
     /// The unconditional delete of block `idx` of `ino` from the blocks table.

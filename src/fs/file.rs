@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 
-use super::blocks::{block_put, PARALLEL_BLOCKS};
+use super::blocks::{FetchedBlocks, PARALLEL_BLOCKS};
 use super::held::AttrDelta;
+use super::prefetch::{Fetch, ReadAhead};
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
@@ -25,8 +26,6 @@ use crate::store::{Condition, StoreError, WriteOp};
 
 /// Clean blocks kept per open file.
 const CLEAN_BLOCKS: usize = 64;
-/// Blocks fetched ahead of a sequential reader.
-const READAHEAD_BLOCKS: u64 = 16;
 /// Closed files whose (mtime, size) is remembered for keep_cache.
 const LAST_SEEN_LIMIT: usize = 100_000;
 /// A flush of at most this many bytes writes its blocks in the transaction that records
@@ -70,7 +69,7 @@ pub(super) struct FileData {
     /// next flush records that it is no longer inline.
     block0_behind: bool,
     clean: BTreeMap<u64, Arc<Vec<u8>>>,
-    next_read: u64,
+    reads: ReadAhead,
     /// Changes with every change of content or identity, never repeating across files,
     /// so a read that fetched without the lock knows whether what it fetched still fits.
     generation: u64,
@@ -192,7 +191,7 @@ impl FileData {
             behind: None,
             block0_behind: false,
             clean: BTreeMap::new(),
-            next_read: 0,
+            reads: ReadAhead::default(),
             generation: next_generation(),
         }
     }
@@ -220,6 +219,39 @@ impl FileData {
     /// The copy of block `idx` being written behind, if any.
     fn behind(&self, idx: u64) -> Option<&Vec<u8>> {
         self.behind.as_ref().and_then(|b| b.blocks.get(&idx))
+    }
+
+    /// Whether block `idx` must come from the store: it is neither buffered, nor being
+    /// written behind, nor kept clean.
+    fn is_missing(&self, idx: u64) -> bool {
+        !self.dirty.contains_key(&idx)
+            && self.behind(idx).is_none()
+            && !self.clean.contains_key(&idx)
+    }
+
+    /// Note that `indices` are being fetched; returns the fetch, with the inode and
+    /// size to fetch them of.
+    pub(super) fn begin_fetch(&mut self, indices: &[u64]) -> (Fetch, Inode, u64) {
+        let fetch = self.reads.begin(indices, self.generation);
+        (fetch, self.stored.clone(), self.size)
+    }
+
+    /// Take what `fetch` brought: its blocks become clean ones unless the file changed
+    /// since it began (then `Ok(None)`: what it fetched may be older than the change).
+    pub(super) fn end_fetch(
+        &mut self,
+        fetch: Fetch,
+        fetched: FsResult<FetchedBlocks>,
+    ) -> FsResult<Option<FetchedBlocks>> {
+        self.reads.end(&fetch);
+        let fetched = fetched?;
+        if fetch.generation != self.generation {
+            return Ok(None);
+        }
+        for (idx, block) in &fetched {
+            self.keep_clean(*idx, block.clone());
+        }
+        Ok(Some(fetched))
     }
 
     /// Keep a block as it is stored, for later reads and partial writes; past
@@ -316,49 +348,62 @@ impl Fs {
         Ok(Opened { fh, keep_cache })
     }
 
-    /// Read up to `size` bytes at `offset`. Missing blocks (and a readahead window when
-    /// reading sequentially) are fetched without holding the file, so other readers and
-    /// writers of it go on meanwhile; if the file changed during the fetch, the read
-    /// starts over rather than cache what may be older than the change.
+    /// Read up to `size` bytes at `offset`. Missing blocks are fetched without holding
+    /// the file, so other readers and writers of it go on meanwhile; blocks another
+    /// read is fetching are waited for, not fetched twice; a sequential reader's next
+    /// blocks are fetched ahead (see `prefetch.rs`). If the file changed during a fetch,
+    /// the read starts over rather than use what may be older than the change.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (_, _, handle_data) = self.file_handle(fh)?;
+        let (_, _, file) = self.file_handle(fh)?;
         let bs = self.format.block_size;
+        let mut data = file.lock().await;
+        let end = (offset + size as u64).min(data.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let mut ahead: Vec<u64> = if data.reads.note_read(offset, end, bs) {
+            let limit = data.stored.size.min(data.size).div_ceil(bs);
+            let window = data.reads.window(last, limit);
+            window
+                .filter(|i| data.is_missing(*i) && !data.reads.in_flight(*i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut fetched = BTreeMap::new();
         loop {
-            let mut data = handle_data.lock().await;
-            let end = (offset + size as u64).min(data.size);
-            if offset >= end {
-                return Ok(Vec::new());
+            let (waiting, mut mine): (Vec<u64>, Vec<u64>) = (first..=last)
+                .filter(|i| !fetched.contains_key(i) && data.is_missing(*i))
+                .partition(|i| data.reads.in_flight(*i));
+            // A read that waits for the store anyway brings the window along in the
+            // same request; one that has its blocks lets the window come behind it.
+            if mine.is_empty() && !ahead.is_empty() {
+                self.read_ahead(&file, &mut data, std::mem::take(&mut ahead));
             }
-            let (first, last) = (offset / bs, (end - 1) / bs);
-            let missing = |data: &FileData, i: &u64| {
-                !data.dirty.contains_key(i)
-                    && data.behind(*i).is_none()
-                    && !data.clean.contains_key(i)
-            };
-            let mut wanted: Vec<u64> = (first..=last).filter(|i| missing(&data, i)).collect();
-            if offset == data.next_read && !wanted.is_empty() {
-                let stored_blocks = data.stored.size.div_ceil(bs);
-                wanted.extend(
-                    (last + 1..stored_blocks.min(last + 1 + READAHEAD_BLOCKS))
-                        .filter(|i| missing(&data, i)),
-                );
-            }
-            let mut fetched = BTreeMap::new();
-            if !wanted.is_empty() {
-                let (stored, size_now, seen) = (data.stored.clone(), data.size, data.generation);
+            mine.append(&mut ahead);
+            if !mine.is_empty() {
+                let (fetch, stored, size_now) = data.begin_fetch(&mine);
                 drop(data);
-                fetched = self
-                    .fetch_blocks(&stored, &wanted, size_now)
-                    .await?
-                    .into_iter()
-                    .collect();
-                data = handle_data.lock().await;
+                let result = self.fetch_blocks(&stored, &mine, size_now).await;
+                data = file.lock().await;
+                match data.end_fetch(fetch, result)? {
+                    Some(blocks) => fetched.extend(blocks),
+                    None => fetched.clear(),
+                }
+                continue;
+            }
+            if !waiting.is_empty() {
+                let ended = data.reads.ended();
+                let wait = ended.notified();
+                let seen = data.generation;
+                drop(data);
+                wait.await;
+                data = file.lock().await;
                 if data.generation != seen {
-                    continue;
+                    fetched.clear();
                 }
-                for (idx, block) in &fetched {
-                    data.keep_clean(*idx, block.clone());
-                }
+                continue;
             }
             let mut out = vec![0u8; (end - offset) as usize];
             for idx in first..=last {
@@ -379,7 +424,6 @@ impl Fs {
                     );
                 }
             }
-            data.next_read = end;
             return Ok(out);
         }
     }
@@ -470,15 +514,14 @@ impl Fs {
         data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
         data.block0_behind |= blocks.contains_key(&0);
         let blocks = Arc::new(blocks);
-        let (store, stripes) = (self.store.clone(), self.format.stripes);
+        let io = self.blocks();
         let task = tokio::spawn({
             let blocks = blocks.clone();
             async move {
                 let indices: Vec<u64> = blocks.keys().copied().collect();
                 let mut puts = stream::iter(indices.into_iter().map(|idx| {
-                    let put = block_put(stripes, ino, idx, &blocks[&idx]);
-                    let store = store.clone();
-                    async move { (idx, store.write(put).await) }
+                    let (io, blocks) = (io.clone(), blocks.clone());
+                    async move { (idx, io.put(ino, idx, &blocks[&idx]).await) }
                 }))
                 .buffer_unordered(PARALLEL_BLOCKS);
                 let mut failed = Vec::new();

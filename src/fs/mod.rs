@@ -27,6 +27,7 @@ mod gc;
 mod held;
 mod locks;
 mod lookup;
+mod prefetch;
 mod remove;
 mod rename;
 mod session;
