@@ -8,7 +8,8 @@
 //! 256, 384 KiB: throughput, requests and capacity units per MiB). Sizes: `DYNAMOFS_BENCH_MIB` (sequential
 //! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
 //! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
-//! `DYNAMOFS_BENCH_BACKENDS=embedded` (or `dynamodb`) runs one backend only.
+//! `DYNAMOFS_BENCH_BACKENDS=embedded` (or `dynamodb`) runs one backend only;
+//! `DYNAMOFS_BENCH_SWEEP=0` leaves the block size sweep out.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -773,7 +774,9 @@ fn main() {
             ));
         }
         drop(mount);
-        block_size_sweep(&rt, &sim, &connect);
+        if env_or("DYNAMOFS_BENCH_SWEEP", 1) != 0 {
+            block_size_sweep(&rt, &sim, &connect);
+        }
     }
 
     if wants("embedded") {

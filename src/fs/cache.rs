@@ -185,8 +185,15 @@ impl MetaCache {
     /// A directory this client changed with an atomic update (times, link count, version
     /// bump): keep the cached copy in step instead of reading it back.
     pub(super) fn touch_dir(&self, ino: u64, now: Timestamp, nlink_delta: i64) {
+        self.updated_in_place(ino, |inode| inode.touch(now, nlink_delta));
+    }
+
+    /// An inode this client changed with an atomic update (some attributes set, the
+    /// version moved by one): keep the cached copy, and the version a listing of it is
+    /// tied to, in step instead of reading it back.
+    pub(super) fn updated_in_place(&self, ino: u64, change: impl FnOnce(&mut Inode)) {
         if let Some(c) = self.inodes.lock().unwrap().get_mut(&ino) {
-            c.value.inode.touch(now, nlink_delta);
+            change(&mut c.value.inode);
             c.value.inode.ver += 1;
         }
         if let Some(listing) = self.listings.lock().unwrap().get_mut(&ino) {
@@ -258,6 +265,59 @@ impl MetaCache {
         })
     }
 
+    /// An expired listing of `dir` tied to a version: that version, and what the listing
+    /// had of `name`.
+    pub(super) fn expired_listing(&self, dir: u64, name: &[u8]) -> Option<(u64, Option<Entry>)> {
+        let listings = self.listings.lock().unwrap();
+        let listing = listings.get(&dir)?;
+        let ver = listing.value.ver?;
+        Some((ver, listing.value.entries.get(name).copied()))
+    }
+
+    /// Trust the listing of `dir` for another `entry_ttl`, if it is still tied to `ver`,
+    /// the directory's version as just read from the store: every change of a
+    /// directory's entries moves its version, so none happened since the listing.
+    pub(super) fn renew_listing(&self, dir: u64, ver: u64) -> bool {
+        let mut listings = self.listings.lock().unwrap();
+        match listings.get_mut(&dir) {
+            Some(listing) if listing.value.ver == Some(ver) => {
+                listing.at = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Renew the expired listing of `dir` from the directory's inode as cached within
+    /// `attr_ttl`, without a request: if that copy's version is the listing's, the
+    /// listing was complete when the copy was read (or written), and is trusted from
+    /// then on. A walk down a tree after its listings expired reads each directory's
+    /// inode with its parent's entries anyway (see `Fs::renew_listing`).
+    pub(super) fn renew_listing_from_inode(&self, dir: u64) -> bool {
+        let Some((ver, read_at)) = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(&dir)
+            .filter(|c| c.at.elapsed() < self.attr_ttl)
+            .map(|c| (c.value.inode.ver, c.at))
+        else {
+            return false;
+        };
+        let mut listings = self.listings.lock().unwrap();
+        match listings.get_mut(&dir) {
+            Some(listing)
+                if listing.value.ver == Some(ver)
+                    && read_at > listing.at
+                    && read_at.elapsed() < self.entry_ttl =>
+            {
+                listing.at = read_at;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// How many entries the last listing of `dir` had, fresh or not.
     pub(super) fn listing_len(&self, dir: u64) -> Option<usize> {
         self.listings
@@ -296,5 +356,105 @@ impl MetaCache {
     /// Forget the listing of a directory that went away.
     pub(super) fn forget_listing(&self, dir: u64) {
         self.listings.lock().unwrap().remove(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::FileKind;
+
+    const TTL: Duration = Duration::from_millis(40);
+
+    fn dir(ino: u64, ver: u64) -> Inode {
+        let now = Timestamp::now();
+        Inode {
+            ino,
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent: 1,
+            target: Vec::new(),
+            xattrs: Default::default(),
+            inline: false,
+            ver,
+        }
+    }
+
+    fn file_entry(ino: u64) -> Entry {
+        Entry {
+            ino,
+            kind: FileKind::File,
+        }
+    }
+
+    /// A cache holding an expired listing of directory 5 (one file, `a`) at version 3.
+    fn expired_listing() -> MetaCache {
+        let cache = MetaCache::new(TTL, TTL);
+        cache.put_listing(5, [(b"a".to_vec(), file_entry(9))], Some(3));
+        std::thread::sleep(TTL);
+        assert_eq!(cache.entry(5, b"b"), Known::Unknown);
+        cache
+    }
+
+    #[test]
+    fn a_listing_is_renewed_only_at_its_version() {
+        let cache = expired_listing();
+        assert_eq!(
+            cache.expired_listing(5, b"a"),
+            Some((3, Some(file_entry(9))))
+        );
+        assert!(!cache.renew_listing(5, 4), "the directory changed since");
+        assert_eq!(cache.entry(5, b"b"), Known::Unknown);
+        assert!(cache.renew_listing(5, 3));
+        assert_eq!(cache.entry(5, b"b"), Known::Absent);
+        assert_eq!(cache.entry(5, b"a"), Known::Present(file_entry(9)));
+    }
+
+    #[test]
+    fn a_listing_is_renewed_from_a_fresh_copy_of_its_directory_at_its_version() {
+        let cache = expired_listing();
+        cache.put_inode(&dir(5, 4));
+        assert!(!cache.renew_listing_from_inode(5), "a newer version");
+        cache.put_inode(&dir(5, 3));
+        assert!(cache.renew_listing_from_inode(5));
+        assert_eq!(cache.entry(5, b"b"), Known::Absent);
+    }
+
+    #[test]
+    fn a_copy_older_than_the_listing_or_expired_renews_nothing() {
+        let cache = MetaCache::new(TTL, TTL);
+        cache.put_inode(&dir(5, 3));
+        cache.put_listing(5, [], Some(3));
+        assert!(
+            !cache.renew_listing_from_inode(5),
+            "read before the listing"
+        );
+        let cache = expired_listing();
+        cache.put_inode(&dir(5, 3));
+        std::thread::sleep(TTL);
+        assert!(!cache.renew_listing_from_inode(5), "the copy expired");
+        assert!(!cache.renew_listing_from_inode(7), "no listing");
+    }
+
+    #[test]
+    fn this_clients_own_changes_keep_listing_and_copy_in_step() {
+        let cache = expired_listing();
+        cache.put_inode(&dir(5, 3));
+        cache.put_entry(5, b"b", Some(file_entry(10)));
+        cache.touch_dir(5, Timestamp::now(), 0);
+        assert_eq!(
+            cache.expired_listing(5, b"b"),
+            Some((4, Some(file_entry(10))))
+        );
+        assert!(cache.renew_listing_from_inode(5));
+        assert_eq!(cache.entry(5, b"b"), Known::Present(file_entry(10)));
     }
 }

@@ -9,6 +9,11 @@
 //! durability or ordering: fsync, a lock, an unmount, a truncation, and the flush of a
 //! file's data. A file with unflushed writes holds its changes with those writes
 //! instead (see `file.rs`), with the same [`AttrDelta`].
+//!
+//! Before their time is up, held changes ride along any transaction this client
+//! commits that does not write their inodes ([`HeldChanges::take_riders`],
+//! `Fs::commit`), as atomic updates that need no version: a directory's times,
+//! which `tar` and `cp -a` set on leaving it, go with the next file's create.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -18,10 +23,14 @@ use std::time::{Duration, Instant};
 
 use super::tx::Tx;
 use super::{Fs, FsError, FsResult};
+use crate::keys;
 use crate::records::{Inode, Timestamp};
+use crate::store::{Condition, Item, Value, WriteOp, VERSION_ATTR};
 
 /// Longest a change is held before it is written (shorter when `attr_ttl` is).
 const HOLD: Duration = Duration::from_millis(200);
+/// Most held changes that ride along one transaction of other records.
+const RIDERS: usize = 8;
 
 /// The attributes a setattr changed, field by field, so that they apply on top of a
 /// fresher copy of the inode without undoing other changes.
@@ -74,6 +83,36 @@ impl AttrDelta {
         inode.ctime = self.ctime.unwrap_or(inode.ctime);
     }
 
+    /// The write of this change to the record of `ino` in place: the attributes it
+    /// changes set and the version moved, conditioned only on the record existing. The
+    /// same as applying it to a fresh copy, without reading one and without a version
+    /// to conflict on, so it can ride along any transaction (see [`Fs::commit`]).
+    pub(super) fn update_op(&self, ino: u64) -> WriteOp {
+        fn value<T: serde::Serialize>(v: T) -> Value {
+            serde_dynamo::to_attribute_value(v).expect("attributes serialize")
+        }
+        let mut set = Item::default();
+        let fields = [
+            ("mode", self.mode.map(value)),
+            ("uid", self.uid.map(value)),
+            ("gid", self.gid.map(value)),
+            ("atime", self.atime.map(value)),
+            ("mtime", self.mtime.map(value)),
+            ("ctime", self.ctime.map(value)),
+        ];
+        for (name, v) in fields {
+            if let Some(v) = v {
+                set.insert(name.into(), v);
+            }
+        }
+        WriteOp::Update {
+            key: keys::inode_key(ino),
+            set,
+            add: vec![(VERSION_ATTR.to_string(), 1)],
+            cond: Condition::Present,
+        }
+    }
+
     /// The change without its times (a later change of content or entries set newer ones).
     pub(super) fn without_times(self) -> Self {
         AttrDelta {
@@ -107,6 +146,8 @@ pub(super) struct Taken<'a> {
     changes: &'a HeldChanges,
     ino: u64,
     delta: Option<AttrDelta>,
+    /// Since when it was held: given back, it is due when it was.
+    since: Instant,
 }
 
 impl Taken<'_> {
@@ -115,11 +156,17 @@ impl Taken<'_> {
         self.delta
     }
 
+    /// The inode it is a change of.
+    pub(super) fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// The write that was to carry the change failed: hold it again, before whatever
     /// was held since.
     pub(super) fn give_back(mut self) {
         if let Some(delta) = self.delta.take() {
-            self.changes.merge(self.ino, |since| delta.then(since));
+            self.changes
+                .merge(self.ino, self.since, |since| delta.then(since));
         }
     }
 }
@@ -134,16 +181,16 @@ impl Drop for Taken<'_> {
 impl HeldChanges {
     /// Hold `delta` for `ino`, merged after what is already held.
     pub(super) fn hold(&self, ino: u64, delta: AttrDelta) {
-        self.merge(ino, |held| held.then(delta));
+        self.merge(ino, Instant::now(), |held| held.then(delta));
     }
 
-    /// Replace what is held for `ino` (nothing: the empty change) by `combine` of it.
-    fn merge(&self, ino: u64, combine: impl FnOnce(AttrDelta) -> AttrDelta) {
+    /// Replace what is held for `ino` (nothing: the empty change) by `combine` of it;
+    /// it is held since `since` at the latest.
+    fn merge(&self, ino: u64, since: Instant, combine: impl FnOnce(AttrDelta) -> AttrDelta) {
         let mut held = self.held.lock().unwrap();
-        let entry = held
-            .entry(ino)
-            .or_insert_with(|| (AttrDelta::default(), Instant::now()));
+        let entry = held.entry(ino).or_insert((AttrDelta::default(), since));
         entry.0 = combine(entry.0);
+        entry.1 = entry.1.min(since);
         self.wake.notify_one();
     }
 
@@ -158,17 +205,43 @@ impl HeldChanges {
             {
                 let mut writing = self.writing.lock().unwrap();
                 if let Entry::Vacant(slot) = writing.entry(ino) {
-                    let delta = self.held.lock().unwrap().remove(&ino).map(|(d, _)| d);
-                    slot.insert(delta.unwrap_or_default());
+                    let held = self.held.lock().unwrap().remove(&ino);
+                    slot.insert(held.map(|(d, _)| d).unwrap_or_default());
                     return Taken {
                         changes: self,
                         ino,
-                        delta,
+                        delta: held.map(|(d, _)| d),
+                        since: held.map_or_else(Instant::now, |(_, since)| since),
                     };
                 }
             }
             released.await;
         }
+    }
+
+    /// Take, without waiting, up to [`RIDERS`] held changes of inodes that no write is
+    /// under way for and that `skip` does not name, to ride along a transaction.
+    pub(super) fn take_riders(&self, skip: impl Fn(u64) -> bool) -> Vec<Taken<'_>> {
+        let mut writing = self.writing.lock().unwrap();
+        let mut held = self.held.lock().unwrap();
+        let inos: Vec<u64> = held
+            .keys()
+            .filter(|ino| !writing.contains_key(ino) && !skip(**ino))
+            .take(RIDERS)
+            .copied()
+            .collect();
+        inos.into_iter()
+            .map(|ino| {
+                let (delta, since) = held.remove(&ino).expect("listed above");
+                writing.insert(ino, delta);
+                Taken {
+                    changes: self,
+                    ino,
+                    delta: Some(delta),
+                    since,
+                }
+            })
+            .collect()
     }
 
     /// Show what is held for the inode (and what is being written) on it.
@@ -336,5 +409,39 @@ mod tests {
         };
         let without = AttrDelta::between(&old, &touched).without_times();
         assert_eq!(without, AttrDelta::default());
+    }
+
+    #[tokio::test]
+    async fn the_in_place_write_stores_what_applying_the_change_gives() {
+        use crate::records::{from_item, to_item};
+        use crate::store::{embedded::EmbeddedStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let old = inode();
+        store
+            .write(WriteOp::Put {
+                key: keys::inode_key(old.ino),
+                item: to_item(&old),
+                cond: Condition::None,
+            })
+            .await
+            .unwrap();
+        let new = Inode {
+            mode: 0o600,
+            gid: 9,
+            mtime: Timestamp { s: 77, n: 5 },
+            ..old.clone()
+        };
+        let delta = AttrDelta::between(&old, &new);
+        store.write(delta.update_op(old.ino)).await.unwrap();
+        let stored: Inode =
+            from_item(store.get(&keys::inode_key(old.ino)).await.unwrap().unwrap()).unwrap();
+        let mut expected = old.clone();
+        delta.apply(&mut expected);
+        expected.ver += 1;
+        assert_eq!(stored, expected);
+        // Only where the record still exists.
+        let gone = delta.update_op(old.ino + 1);
+        assert!(store.write(gone).await.is_err());
     }
 }

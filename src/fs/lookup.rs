@@ -17,8 +17,17 @@ impl Fs {
         let entry = match self.load_entry(parent, name, false).await? {
             Some(entry) => entry,
             None => {
-                // Tell "no such name" from "no such directory".
-                self.load_dir(parent, false).await?;
+                // Tell "no such name" from "no such directory" (or not a directory). A
+                // directory this client knows needs no request: if another client
+                // removed it meanwhile, ENOENT is what Linux answers in a removed
+                // directory too.
+                if self
+                    .cache
+                    .inode_any_age(parent)
+                    .is_none_or(|dir| dir.kind != FileKind::Dir)
+                {
+                    self.load_dir(parent, false).await?;
+                }
                 return Err(FsError::NotFound);
             }
         };

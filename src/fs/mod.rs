@@ -171,6 +171,14 @@ pub struct Fs {
     cleaning: gc::CleaningNow,
 }
 
+/// What [`Fs::renew_listing`] found.
+enum Renewed {
+    /// The listing holds again; what it has of the name.
+    Yes(Option<Entry>),
+    /// It does not (or there was none); the directory's version if it was just read.
+    No { dir_ver: Option<u64> },
+}
+
 enum Handle {
     File(file::FileHandle),
     Dir(dir::DirHandle),
@@ -402,7 +410,35 @@ impl Fs {
     async fn commit(&self, tx: tx::Tx) -> FsResult<std::collections::BTreeMap<u64, Inode>> {
         // From before the commit, so this client's collector never takes them up too.
         let _cleaning = self.cleaning.hold(tx.cleanup_inos());
-        let done = tx.commit(self.store.as_ref(), self.session_id()).await?;
+        // Attribute changes held for other inodes ride along: `tar` and `cp -a` set a
+        // directory's times when they leave it, and go on to create the next file.
+        let riders = if tx.is_transaction() {
+            self.held.take_riders(|ino| tx.writes_inode(ino))
+        } else {
+            Vec::new()
+        };
+        let rider_ops = riders
+            .iter()
+            .filter_map(|taken| Some(taken.delta()?.update_op(taken.ino())))
+            .collect();
+        let done = match tx
+            .commit(self.store.as_ref(), self.session_id(), rider_ops)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                riders.into_iter().for_each(held::Taken::give_back);
+                return Err(e);
+            }
+        };
+        for taken in riders {
+            match taken.delta() {
+                Some(delta) if done.riders_written => self
+                    .cache
+                    .updated_in_place(taken.ino(), |inode| delta.apply(inode)),
+                _ => taken.give_back(),
+            }
+        }
         for (dir, name, entry) in &done.entries {
             self.cache_entry(*dir, name, *entry);
         }
@@ -491,9 +527,10 @@ impl Fs {
     }
 
     /// Read the entry `name` of directory `dir`; `fresh` bypasses the cache. A name
-    /// missing from a fresh complete listing is absent without a request; a small
-    /// directory whose listing expired is listed again (one query, like one get) so that
-    /// the lookups that follow are answered from memory.
+    /// missing from a fresh complete listing is absent without a request. An expired
+    /// listing is renewed if the directory's version did not move since (see
+    /// [`Fs::renew_listing`]); failing that, a small directory is listed again (one
+    /// query, like one get) so that the lookups that follow are answered from memory.
     async fn load_entry(&self, dir: u64, name: &[u8], fresh: bool) -> FsResult<Option<Entry>> {
         if !fresh {
             match self.cache.entry(dir, name) {
@@ -501,12 +538,19 @@ impl Fs {
                 Known::Absent => return Ok(None),
                 Known::Unknown => {}
             }
-            if self
-                .cache
-                .listing_len(dir)
-                .is_some_and(|n| n <= RELIST_LIMIT)
-            {
-                let listing = self.list_entries(dir, None).await?;
+            let dir_ver = match self.renew_listing(dir, name).await? {
+                Renewed::Yes(entry) => return Ok(entry),
+                Renewed::No { dir_ver } => dir_ver,
+            };
+            let listed = self.cache.listing_len(dir);
+            if listed.is_some_and(|n| n > RELIST_LIMIT) && dir_ver.is_some() {
+                // The directory changed since it was listed: rather than read its
+                // inode again at every lookup to learn that, ask for names one by one
+                // until the next listing.
+                self.cache.forget_listing(dir);
+            }
+            if listed.is_some_and(|n| n <= RELIST_LIMIT) {
+                let listing = self.list_entries(dir, dir_ver).await?;
                 return Ok(listing.into_iter().find(|e| e.name == name).map(|e| Entry {
                     ino: e.ino,
                     kind: e.kind,
@@ -519,6 +563,40 @@ impl Fs {
         };
         self.cache_entry(dir, name, entry);
         Ok(entry)
+    }
+
+    /// Renew an expired listing of `dir` tied to a version by reading the directory's
+    /// inode: one batch get, which also brings the inode the listing had for `name`
+    /// and its expired companions, as the lookup goes on to read them. A walk that
+    /// comes back to a directory after its listing expired (`find | xargs cat`, `tar x`
+    /// into a directory it fills for longer than `entry_ttl`) pays that one request,
+    /// where a query of the directory and a batch get of the inodes would be two, and
+    /// a big directory's query many.
+    async fn renew_listing(&self, dir: u64, name: &[u8]) -> FsResult<Renewed> {
+        let Some((ver, listed)) = self.cache.expired_listing(dir, name) else {
+            return Ok(Renewed::No { dir_ver: None });
+        };
+        if self.cache.renew_listing_from_inode(dir) {
+            return Ok(Renewed::Yes(listed));
+        }
+        let mut inos = vec![dir];
+        if let Some(entry) = listed.filter(|e| self.cache.inode(e.ino).is_none()) {
+            inos.push(entry.ino);
+            inos.extend(self.cache.expired_companions(entry.ino));
+        }
+        let mut seen = std::collections::HashSet::new();
+        inos.retain(|ino| seen.insert(*ino));
+        inos.truncate(cache::INODE_BATCH_LIMIT);
+        let dir_ver = self
+            .read_inodes(&inos)
+            .await?
+            .into_iter()
+            .find(|i| i.ino == dir)
+            .map(|i| i.ver);
+        if dir_ver == Some(ver) && self.cache.renew_listing(dir, ver) {
+            return Ok(Renewed::Yes(listed));
+        }
+        Ok(Renewed::No { dir_ver })
     }
 
     /// Every item of partition `pk` after `after`, in sort-key order, page by page.

@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use super::FsResult;
 use crate::keys;
 use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, Inode, Timestamp};
-use crate::store::{Condition, Item, Store, Value, WriteOp, VERSION_ATTR};
+use crate::store::{Condition, Item, Store, StoreError, Value, WriteOp, VERSION_ATTR};
+
+/// Most items one DynamoDB transaction may write.
+const TRANSACTION_LIMIT: usize = 100;
 
 /// The atomic update of a directory whose entries change at `now`: times set, link
 /// count and version added to, conditioned only on the directory still existing.
@@ -75,6 +78,8 @@ pub(super) struct Committed {
     pub(super) deleted: Vec<u64>,
     /// Cleanups recorded, whose blocks are to be deleted now.
     pub(super) cleanups: Vec<Cleanup>,
+    /// Whether the riders given to [`Tx::commit`] were written with it.
+    pub(super) riders_written: bool,
 }
 
 impl Tx {
@@ -269,17 +274,54 @@ impl Tx {
         ops
     }
 
+    /// Whether committing takes a transaction (more than one write), which other
+    /// writes can then ride along.
+    pub(super) fn is_transaction(&self) -> bool {
+        self.entries.len()
+            + self.inodes.len()
+            + self.touched.len()
+            + self.others.len()
+            + self.cleanups.len()
+            > 1
+    }
+
+    /// Whether this transaction writes the record of inode `ino`.
+    pub(super) fn writes_inode(&self, ino: u64) -> bool {
+        let key = keys::inode_key(ino);
+        self.inodes.contains_key(&ino)
+            || self.touched.contains_key(&ino)
+            || self.others.iter().any(|op| op.key() == &key)
+    }
+
     /// Commit everything in one transaction (cleanups recorded as `session`'s), and
     /// say what changed. A lone write needs no transaction, which costs twice the capacity.
+    ///
+    /// `riders` (writes of records this transaction does not write) go along if it is
+    /// a transaction anyway: one request instead of one more each. If they cannot (a
+    /// condition failed or the transaction collided), it is committed again without
+    /// them, so that they never fail it; [`Committed::riders_written`] tells.
     pub(super) async fn commit(
         self,
         store: &dyn Store,
         session: Option<&str>,
+        riders: Vec<WriteOp>,
     ) -> FsResult<Committed> {
         let mut ops = self.ops(session);
-        match ops.len() {
-            1 => store.write(ops.pop().expect("one op")).await?,
-            _ => store.transact(ops).await?,
+        let mut riders_written = false;
+        if ops.len() > 1 && !riders.is_empty() && ops.len() + riders.len() <= TRANSACTION_LIMIT {
+            let mut with = ops.clone();
+            with.extend(riders);
+            match store.transact(with).await {
+                Ok(()) => riders_written = true,
+                Err(StoreError::Conflict | StoreError::Contended) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !riders_written {
+            match ops.len() {
+                1 => store.write(ops.pop().expect("one op")).await?,
+                _ => store.transact(ops).await?,
+            }
         }
         let mut written = BTreeMap::new();
         let mut deleted = Vec::new();
@@ -309,6 +351,7 @@ impl Tx {
             written,
             deleted,
             cleanups: self.cleanups,
+            riders_written,
         })
     }
 }
