@@ -165,6 +165,29 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A new, empty directory `ino` in `parent`, owned by `owner` (uid, gid), mode 0755,
+    /// made at `now`, at version 1.
+    pub fn empty_dir(ino: u64, parent: u64, owner: (u32, u32), now: Timestamp) -> Inode {
+        Inode {
+            ino,
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: owner.0,
+            gid: owner.1,
+            size: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent,
+            target: Vec::new(),
+            xattrs: Default::default(),
+            inline: false,
+            ver: 1,
+        }
+    }
+
     /// A regular file whose last name went away, kept only for open descriptors.
     pub fn is_nameless(&self) -> bool {
         self.kind == FileKind::File && self.nlink == 0

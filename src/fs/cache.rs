@@ -367,24 +367,9 @@ mod tests {
     const TTL: Duration = Duration::from_millis(40);
 
     fn dir(ino: u64, ver: u64) -> Inode {
-        let now = Timestamp::now();
         Inode {
-            ino,
-            kind: FileKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            nlink: 2,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            rdev: 0,
-            parent: 1,
-            target: Vec::new(),
-            xattrs: Default::default(),
-            inline: false,
             ver,
+            ..Inode::empty_dir(ino, 1, (0, 0), Timestamp::now())
         }
     }
 

@@ -245,24 +245,7 @@ impl Fs {
             stripes: DEFAULT_STRIPES,
         };
         let now = Timestamp::now();
-        let root = Inode {
-            ino: ROOT_INO,
-            kind: FileKind::Dir,
-            mode: 0o755,
-            uid: config.root_owner.0,
-            gid: config.root_owner.1,
-            size: 0,
-            nlink: 2,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            rdev: 0,
-            parent: ROOT_INO,
-            target: Vec::new(),
-            xattrs: Default::default(),
-            inline: false,
-            ver: 1,
-        };
+        let root = Inode::empty_dir(ROOT_INO, ROOT_INO, config.root_owner, now);
         let ops = vec![
             WriteOp::Put {
                 key: keys::format_key(),
