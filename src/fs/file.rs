@@ -361,10 +361,9 @@ impl Fs {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let (first, last) = (offset / bs, (end - 1) / bs);
         let mut ahead: Vec<u64> = if data.reads.note_read(offset, end, bs) {
             let limit = data.stored.size.min(data.size).div_ceil(bs);
-            let window = data.reads.window(last, limit);
+            let window = data.reads.window((end - 1) / bs, limit);
             window
                 .filter(|i| data.is_missing(*i) && !data.reads.in_flight(*i))
                 .collect()
@@ -373,6 +372,12 @@ impl Fs {
         };
         let mut fetched = BTreeMap::new();
         loop {
+            // Again after every wait: a truncation meanwhile moves the end.
+            let end = (offset + size as u64).min(data.size);
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            let (first, last) = (offset / bs, (end - 1) / bs);
             let (waiting, mut mine): (Vec<u64>, Vec<u64>) = (first..=last)
                 .filter(|i| !fetched.contains_key(i) && data.is_missing(*i))
                 .partition(|i| data.reads.in_flight(*i));

@@ -173,8 +173,8 @@ pub struct Fs {
 
 /// What [`Fs::renew_listing`] found.
 enum Renewed {
-    /// The listing holds again; what it has of the name.
-    Yes(Option<Entry>),
+    /// The listing holds again.
+    Yes,
     /// It does not (or there was none); the directory's version if it was just read.
     No { dir_ver: Option<u64> },
 }
@@ -522,7 +522,12 @@ impl Fs {
                 Known::Unknown => {}
             }
             let dir_ver = match self.renew_listing(dir, name).await? {
-                Renewed::Yes(entry) => return Ok(entry),
+                Renewed::Yes => match self.cache.entry(dir, name) {
+                    Known::Present(entry) => return Ok(Some(entry)),
+                    Known::Absent => return Ok(None),
+                    // Expired again already (a TTL of zero): ask for the name.
+                    Known::Unknown => None,
+                },
                 Renewed::No { dir_ver } => dir_ver,
             };
             let listed = self.cache.listing_len(dir);
@@ -560,7 +565,7 @@ impl Fs {
             return Ok(Renewed::No { dir_ver: None });
         };
         if self.cache.renew_listing_from_inode(dir) {
-            return Ok(Renewed::Yes(listed));
+            return Ok(Renewed::Yes);
         }
         let mut inos = vec![dir];
         if let Some(entry) = listed.filter(|e| self.cache.inode(e.ino).is_none()) {
@@ -577,7 +582,7 @@ impl Fs {
             .find(|i| i.ino == dir)
             .map(|i| i.ver);
         if dir_ver == Some(ver) && self.cache.renew_listing(dir, ver) {
-            return Ok(Renewed::Yes(listed));
+            return Ok(Renewed::Yes);
         }
         Ok(Renewed::No { dir_ver })
     }
