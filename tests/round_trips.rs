@@ -71,14 +71,34 @@ fn per_entry(sim: &Simulator, what: &str, entries: usize, script: &str) -> f64 {
     per
 }
 
-fn mount_cold(table: &str, sim: &Simulator) -> Mounted {
-    // A long heartbeat keeps the lease renewals out of the counts; long TTLs keep the
-    // machine's speed out of them (see the header).
+/// A fresh mount of `table` through `sim`, caching for `ttl_secs`. A long heartbeat
+/// keeps the lease renewals out of the counts.
+fn mount_with_ttl(table: &str, sim: &Simulator, ttl_secs: u32) -> Mounted {
     let options = format!(
-        "endpoint={},heartbeat=60,attr_ttl=60,entry_ttl=60",
+        "endpoint={},heartbeat=60,attr_ttl={ttl_secs},entry_ttl={ttl_secs}",
         sim.endpoint()
     );
     mount_table(table, &options)
+}
+
+/// A fresh mount with long TTLs, which keep the machine's speed out of the counts (see
+/// the header).
+fn mount_cold(table: &str, sim: &Simulator) -> Mounted {
+    mount_with_ttl(table, sim, 60)
+}
+
+/// [`per_entry`] of the script `script` makes of the mountpoint, on a fresh mount.
+fn per_entry_on_fresh_mount(
+    table: &str,
+    sim: &Simulator,
+    what: &str,
+    units: usize,
+    script: impl FnOnce(&str) -> String,
+) -> f64 {
+    let m = mount_cold(table, sim);
+    let per = per_entry(sim, what, units, &script(&m.path().display().to_string()));
+    m.unmount();
+    per
 }
 
 #[test]
@@ -101,25 +121,12 @@ fn requests_per_entry_stay_within_their_limits() {
     let name = tree.file_name().unwrap().to_string_lossy().into_owned();
     let table = unique_table("Trips");
 
-    let m = mount_cold(&table, &sim);
-    let mnt = m.path().display().to_string();
-    let tar = per_entry(
-        &sim,
-        "tar x",
-        entries,
-        &format!("tar -C '{mnt}' -xf '{}'", tarball.display()),
-    );
-    m.unmount();
-
-    let m = mount_cold(&table, &sim);
-    let mnt = m.path().display().to_string();
-    let ls = per_entry(
-        &sim,
-        "ls -lR (cold)",
-        entries,
-        &format!("ls -lR '{mnt}/{name}' > /dev/null"),
-    );
-    m.unmount();
+    let tar = per_entry_on_fresh_mount(&table, &sim, "tar x", entries, |mnt| {
+        format!("tar -C '{mnt}' -xf '{}'", tarball.display())
+    });
+    let ls = per_entry_on_fresh_mount(&table, &sim, "ls -lR (cold)", entries, |mnt| {
+        format!("ls -lR '{mnt}/{name}' > /dev/null")
+    });
 
     let m = mount_cold(&table, &sim);
     let mnt = m.path().display().to_string();
@@ -143,11 +150,7 @@ fn requests_per_entry_stay_within_their_limits() {
     // get per file: list the tree, let every cached attribute and entry expire, then
     // read every file by the paths listed. (3 s TTLs: the files of one directory are
     // read within them.)
-    let options = format!(
-        "endpoint={},heartbeat=60,attr_ttl=3,entry_ttl=3",
-        sim.endpoint()
-    );
-    let m = mount_table(&table, &options);
+    let m = mount_with_ttl(&table, &sim, 3);
     let mnt = m.path().display().to_string();
     let files = work.path().join("files");
     sh(&format!(
@@ -173,15 +176,13 @@ fn requests_per_entry_stay_within_their_limits() {
         SEQUENTIAL_MIB
     ));
     m.unmount();
-    let m = mount_cold(&table, &sim);
-    let mnt = m.path().display().to_string();
-    let read = per_entry(
+    let read = per_entry_on_fresh_mount(
+        &table,
         &sim,
         "sequential read, MiB",
         SEQUENTIAL_MIB,
-        &format!("cat '{mnt}/big' > /dev/null"),
+        |mnt| format!("cat '{mnt}/big' > /dev/null"),
     );
-    m.unmount();
 
     // The targets of the performance issue, or below them where a change took the
     // count lower. tar x: one create and one flush per file (a file of up to a block

@@ -54,6 +54,17 @@ pub(super) enum Known {
     Unknown,
 }
 
+impl Known {
+    /// The answer for the name, if the cache has one: the entry, or `None` for absent.
+    pub(super) fn answer(self) -> Option<Option<Entry>> {
+        match self {
+            Known::Present(entry) => Some(Some(entry)),
+            Known::Absent => Some(None),
+            Known::Unknown => None,
+        }
+    }
+}
+
 /// Cached inodes, entries and complete directory listings.
 pub(super) struct MetaCache {
     attr_ttl: Duration,

@@ -21,11 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::tx::Tx;
+use super::tx::{attribute, in_place_update, Tx};
 use super::{Fs, FsError, FsResult};
-use crate::keys;
 use crate::records::{Inode, Timestamp};
-use crate::store::{Condition, Item, Value, WriteOp, VERSION_ATTR};
+use crate::store::{Item, WriteOp};
 
 /// Longest a change is held before it is written (shorter when `attr_ttl` is).
 const HOLD: Duration = Duration::from_millis(200);
@@ -88,29 +87,21 @@ impl AttrDelta {
     /// same as applying it to a fresh copy, without reading one and without a version
     /// to conflict on, so it can ride along any transaction (see [`Fs::commit`]).
     pub(super) fn update_op(&self, ino: u64) -> WriteOp {
-        fn value<T: serde::Serialize>(v: T) -> Value {
-            serde_dynamo::to_attribute_value(v).expect("attributes serialize")
-        }
-        let mut set = Item::default();
         let fields = [
-            ("mode", self.mode.map(value)),
-            ("uid", self.uid.map(value)),
-            ("gid", self.gid.map(value)),
-            ("atime", self.atime.map(value)),
-            ("mtime", self.mtime.map(value)),
-            ("ctime", self.ctime.map(value)),
+            ("mode", self.mode.map(attribute)),
+            ("uid", self.uid.map(attribute)),
+            ("gid", self.gid.map(attribute)),
+            ("atime", self.atime.map(attribute)),
+            ("mtime", self.mtime.map(attribute)),
+            ("ctime", self.ctime.map(attribute)),
         ];
+        let mut set = Item::default();
         for (name, v) in fields {
             if let Some(v) = v {
                 set.insert(name.into(), v);
             }
         }
-        WriteOp::Update {
-            key: keys::inode_key(ino),
-            set,
-            add: vec![(VERSION_ATTR.to_string(), 1)],
-            cond: Condition::Present,
-        }
+        in_place_update(ino, set, Vec::new())
     }
 
     /// The change without its times (a later change of content or entries set newer ones).
@@ -413,8 +404,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_in_place_write_stores_what_applying_the_change_gives() {
+        use crate::keys;
         use crate::records::{from_item, to_item};
-        use crate::store::{embedded::EmbeddedStore, Store};
+        use crate::store::{embedded::EmbeddedStore, Condition, Store};
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let old = inode();

@@ -40,8 +40,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cache::Known;
-
 pub use error::{FsError, FsResult};
 pub use file::Opened;
 pub use fsck::{CheckReport, Problem, RepairReport};
@@ -516,17 +514,14 @@ impl Fs {
     /// query, like one get) so that the lookups that follow are answered from memory.
     async fn load_entry(&self, dir: u64, name: &[u8], fresh: bool) -> FsResult<Option<Entry>> {
         if !fresh {
-            match self.cache.entry(dir, name) {
-                Known::Present(entry) => return Ok(Some(entry)),
-                Known::Absent => return Ok(None),
-                Known::Unknown => {}
+            if let Some(answer) = self.cache.entry(dir, name).answer() {
+                return Ok(answer);
             }
             let dir_ver = match self.renew_listing(dir, name).await? {
-                Renewed::Yes => match self.cache.entry(dir, name) {
-                    Known::Present(entry) => return Ok(Some(entry)),
-                    Known::Absent => return Ok(None),
-                    // Expired again already (a TTL of zero): ask for the name.
-                    Known::Unknown => None,
+                Renewed::Yes => match self.cache.entry(dir, name).answer() {
+                    Some(answer) => return Ok(answer),
+                    // Expired again already: ask for the name.
+                    None => None,
                 },
                 Renewed::No { dir_ver } => dir_ver,
             };

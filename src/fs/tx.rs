@@ -25,20 +25,34 @@ const TRANSACTION_LIMIT: usize = 100;
 /// The atomic update of a directory whose entries change at `now`: times set, link
 /// count and version added to, conditioned only on the directory still existing.
 pub(super) fn dir_touch(dir: u64, now: Timestamp, nlink_delta: i64) -> WriteOp {
+    let time = attribute(now);
     let mut set = Item::default();
-    let time: Value = serde_dynamo::to_attribute_value(now).expect("timestamps serialize");
     set.insert("mtime".into(), time.clone());
     set.insert("ctime".into(), time);
-    let mut add = vec![(VERSION_ATTR.to_string(), 1)];
-    if nlink_delta != 0 {
-        add.push(("nlink".to_string(), nlink_delta));
-    }
+    let add = if nlink_delta != 0 {
+        vec![("nlink".to_string(), nlink_delta)]
+    } else {
+        Vec::new()
+    };
+    in_place_update(dir, set, add)
+}
+
+/// The atomic update of inode `ino` in place: `set` replaces attributes, `add` adds to
+/// numeric ones, and the version moves by one, conditioned only on the inode existing
+/// (no version read, so none to conflict on).
+pub(super) fn in_place_update(ino: u64, set: Item, mut add: Vec<(String, i64)>) -> WriteOp {
+    add.insert(0, (VERSION_ATTR.to_string(), 1));
     WriteOp::Update {
-        key: keys::inode_key(dir),
+        key: keys::inode_key(ino),
         set,
         add,
         cond: Condition::Present,
     }
+}
+
+/// An inode attribute's value as stored.
+pub(super) fn attribute<T: serde::Serialize>(value: T) -> Value {
+    serde_dynamo::to_attribute_value(value).expect("inode attributes serialize")
 }
 
 /// The condition that an entry still points at inode `ino`.
