@@ -9,7 +9,9 @@
 //! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
 //! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
 //! `DYNAMOFS_BENCH_BACKENDS=embedded` (or `dynamodb`) runs one backend only;
-//! `DYNAMOFS_BENCH_SWEEP=0` leaves the block size sweep out.
+//! `DYNAMOFS_BENCH_SWEEP=0` leaves the block size sweep out. First comes the codec
+//! comparison that chose the default compression (ratio, write units and speed on the
+//! tree and on incompressible data); `DYNAMOFS_BENCH_BACKENDS=codecs` runs only that.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamofs::cli::MountOptions;
+use dynamofs::compression::Compression;
 use dynamofs::fs::{Fs, FsConfig, DEFAULT_BLOCK_SIZE};
 use dynamofs::mount;
 use dynamofs::simulator::{SimConfig, Simulator};
@@ -124,9 +127,18 @@ struct InProcess {
 }
 
 impl InProcess {
-    /// Mount `store`, formatting it with `block_size` if it is new.
-    fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, block_size: u64) -> Self {
-        let options = MountOptions::default();
+    /// Mount `store`, formatting it with `block_size` if it is new, writing data with
+    /// the filesystem's codec or `compression`.
+    fn new(
+        rt: &tokio::runtime::Runtime,
+        store: Arc<dyn Store>,
+        block_size: u64,
+        compression: Option<Compression>,
+    ) -> Self {
+        let options = MountOptions {
+            compression,
+            ..MountOptions::default()
+        };
         let config = FsConfig {
             block_size,
             ..mount::fs_config(&options)
@@ -183,25 +195,7 @@ struct Tree {
 }
 
 fn tokio_tree(work: &Path) -> Tree {
-    let index = fs::read_dir(dirs_cargo().join("registry/src"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
-    let mut found: Vec<PathBuf> = fs::read_dir(index)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("tokio-1.")
-        })
-        .collect();
-    found.sort();
-    let root = found.pop().expect("tokio's source in the cargo registry");
+    let root = common::tokio_source();
     let tarball = work.join("tree.tar");
     sh(&format!(
         "tar -C '{}' -cf '{}' '{}'",
@@ -234,12 +228,6 @@ fn tokio_tree(work: &Path) -> Tree {
         tarball,
         entries,
     }
-}
-
-fn dirs_cargo() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
 }
 
 fn bytes_item(data: &[u8]) -> Item {
@@ -464,17 +452,10 @@ fn run_workloads(
     row("rm -rf", "entries/s", fs_run, raw_run);
 
     let mib = env_or("DYNAMOFS_BENCH_MIB", 256);
-    let data: Vec<u8> = (0..mib * 1024 * 1024)
-        .map(|i| (i * 31 % 253) as u8)
-        .collect();
+    // Incompressible, so that dynamofs stores as many bytes as the raw side.
+    let data = noise(mib << 20);
     let big = base.join("big");
-    let fs_run = measure(meter, mib, || {
-        let mut f = File::create(&big).unwrap();
-        for chunk in data.chunks(1024 * 1024) {
-            f.write_all(chunk).unwrap();
-        }
-        f.sync_all().unwrap();
-    });
+    let fs_run = measure(meter, mib, || write_in_mib_chunks(&big, &data));
     let raw_run = measure(raw_meter, mib, || {
         raw.put_blocks(&format!("{tag}big"), &data, BLOCK)
     });
@@ -645,6 +626,48 @@ fn big_directory(rt: &tokio::runtime::Runtime, mnt: &Path, raw: &Raw, n: usize) 
     dir.to_string()
 }
 
+/// Write `data` to a new file at `path` a MiB per call, and fsync it.
+fn write_in_mib_chunks(path: &Path, data: &[u8]) {
+    let mut f = File::create(path).unwrap();
+    for chunk in data.chunks(1024 * 1024) {
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// The sequential write of the table on an embedded filesystem that does not compress,
+/// beside the raw store again: what trying to compress incompressible data costs.
+fn uncompressed_write(
+    rt: &tokio::runtime::Runtime,
+    work: &Path,
+    raw: &Raw,
+    raw_meter: &Meter,
+) -> Row {
+    let store = Arc::new(EmbeddedStore::open(&work.join("uncompressed.db")).unwrap());
+    let mount = InProcess::new(
+        rt,
+        store.clone(),
+        DEFAULT_BLOCK_SIZE,
+        Some(Compression::None),
+    );
+    let mib = env_or("DYNAMOFS_BENCH_MIB", 256);
+    let data = noise(mib << 20);
+    let path = mount.path().join("big");
+    let fs = measure(&Meter::Embedded(store), mib, || {
+        write_in_mib_chunks(&path, &data)
+    });
+    let raw = measure(raw_meter, mib, || {
+        raw.put_blocks("uncompressed", &data, BLOCK)
+    });
+    Row {
+        workload: "sequential write, compression=none",
+        backend: "embedded".into(),
+        unit: "MiB/s",
+        fs,
+        raw,
+    }
+}
+
 /// Sequential write and read of `SWEEP_MIB` and random 4 KiB writes, per block size,
 /// at 0 and 5 ms: the figures the default block size was chosen by.
 fn block_size_sweep(
@@ -655,15 +678,13 @@ fn block_size_sweep(
     const SWEEP_MIB: usize = 64;
     const SWEEP_RANDOM: usize = 500;
     let meter = Meter::Simulated(sim.clone());
-    let data: Vec<u8> = (0..SWEEP_MIB * 1024 * 1024)
-        .map(|i| (i * 31 % 253) as u8)
-        .collect();
+    let data = noise(SWEEP_MIB << 20);
     let mut lines = vec![
         "| block size | latency | write MiB/s | write req/MiB | write WCU/MiB | read MiB/s | read req/MiB | read RCU/MiB | random 4 KiB write WCU/op |".to_string(),
         "|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     for kib in [64u64, 128, 256, 384] {
-        let mount = InProcess::new(rt, connect("Sweep"), kib * 1024);
+        let mount = InProcess::new(rt, connect("Sweep"), kib * 1024, None);
         for latency in [0, 5] {
             sim.configure(|c| c.latency = Duration::from_millis(latency));
             let path = mount.path().join(format!("f{latency}"));
@@ -704,6 +725,114 @@ fn block_size_sweep(
     }
 }
 
+/// Incompressible bytes (an xorshift stream), as most large files are (media,
+/// archives, binaries already compressed): compression gains nothing on them, so they
+/// show its cost.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
+/// The codecs compared on the items a filesystem would store: each file of the tree
+/// (block 0 inline up to 64 KiB, the rest in 256 KiB blocks), and 64 MiB of noise in
+/// blocks. Prints stored bytes and write units against raw, and compression and
+/// decompression speed on one core.
+fn codec_comparison(tree: &Tree) {
+    let items: Vec<&[u8]> = tree
+        .entries
+        .iter()
+        .filter_map(|(_, _, content)| content.as_deref())
+        .flat_map(|data| {
+            let chunk = if data.len() <= INLINE { INLINE } else { BLOCK };
+            data.chunks(chunk)
+        })
+        .collect();
+    let noise = noise(64 << 20);
+    let noise_blocks: Vec<&[u8]> = noise.chunks(BLOCK).collect();
+    let raw_bytes: usize = items.iter().map(|i| i.len()).sum();
+    // A write unit per started KiB of the item, about 60 bytes of key and names included.
+    let units = |len: usize| (len + 60).div_ceil(1024);
+    let raw_units: usize = items.iter().map(|i| units(i.len())).sum();
+    let zstd_at =
+        |level: i32| move |data: &[u8]| -> Vec<u8> { zstd::bulk::compress(data, level).unwrap() };
+    type Packer = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+    type Unpacker = Box<dyn Fn(&[u8], usize) -> Vec<u8>>;
+    let codecs: Vec<(&str, Packer, Unpacker)> = vec![
+        (
+            "lz4",
+            Box::new(lz4_flex::compress_prepend_size),
+            Box::new(|d, _| lz4_flex::decompress_size_prepended(d).unwrap()),
+        ),
+        (
+            "zstd -1",
+            Box::new(zstd_at(1)),
+            Box::new(|d, n| zstd::bulk::decompress(d, n).unwrap()),
+        ),
+        (
+            "zstd -3",
+            Box::new(zstd_at(3)),
+            Box::new(|d, n| zstd::bulk::decompress(d, n).unwrap()),
+        ),
+    ];
+    println!(
+        "\ncodecs on tokio's tree ({} items, {:.1} MiB raw, {raw_units} write units raw) and 64 MiB of noise:",
+        items.len(),
+        raw_bytes as f64 / 1048576.0
+    );
+    println!("| codec | stored / raw | write units / raw | compress MiB/s | decompress MiB/s | noise: compress MiB/s |");
+    println!("|---|---|---|---|---|---|");
+    let mib_per_s = |bytes: usize, t: Duration| bytes as f64 / 1048576.0 / t.as_secs_f64();
+    for (name, pack, unpack) in &codecs {
+        let start = Instant::now();
+        // Stored raw where compression does not shrink the item, as dynamofs does.
+        let packed: Vec<Option<Vec<u8>>> = items
+            .iter()
+            .map(|i| Some(pack(i)).filter(|p| p.len() < i.len()))
+            .collect();
+        let pack_time = start.elapsed();
+        let stored: usize = packed
+            .iter()
+            .zip(&items)
+            .map(|(p, i)| p.as_ref().map_or(i.len(), Vec::len))
+            .sum();
+        let stored_units: usize = packed
+            .iter()
+            .zip(&items)
+            .map(|(p, i)| units(p.as_ref().map_or(i.len(), Vec::len)))
+            .sum();
+        let start = Instant::now();
+        for (p, i) in packed.iter().zip(&items) {
+            if let Some(p) = p {
+                assert_eq!(unpack(p, i.len()).len(), i.len());
+            }
+        }
+        let unpack_time = start.elapsed();
+        let start = Instant::now();
+        let shrunk = noise_blocks
+            .iter()
+            .filter(|b| pack(b).len() < b.len())
+            .count();
+        let noise_time = start.elapsed();
+        assert_eq!(shrunk, 0, "noise does not compress");
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.0} | {:.0} | {:.0} |",
+            stored as f64 / raw_bytes as f64,
+            stored_units as f64 / raw_units as f64,
+            mib_per_s(raw_bytes, pack_time),
+            mib_per_s(raw_bytes, unpack_time),
+            mib_per_s(noise.len(), noise_time),
+        );
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "\n| workload | backend | dynamofs | req/unit | RCU/unit | WCU/unit | raw store | raw req/unit | raw RCU/unit | raw WCU/unit | unit |"
@@ -732,6 +861,9 @@ fn main() {
     let backends = std::env::var("DYNAMOFS_BENCH_BACKENDS").unwrap_or_default();
     let wants = |backend: &str| backends.is_empty() || backends.split(',').any(|b| b == backend);
     let mut rows = Vec::new();
+    if wants("codecs") {
+        codec_comparison(&tree);
+    }
 
     if wants("dynamodb") {
         // DynamoDB Local behind the simulator: at 0 ms, then at 5 ms per request.
@@ -758,7 +890,7 @@ fn main() {
             store: connect("BenchRaw"),
             prefix: "r".into(),
         };
-        let mount = InProcess::new(&rt, connect("BenchFs"), DEFAULT_BLOCK_SIZE);
+        let mount = InProcess::new(&rt, connect("BenchFs"), DEFAULT_BLOCK_SIZE, None);
         let meter = Meter::Simulated(sim.clone());
         let meters = (&meter, &meter);
         // Warm DynamoDB Local's JVM up first, so that neither side pays for it.
@@ -796,7 +928,7 @@ fn main() {
             store: raw_store.clone(),
             prefix: "r".into(),
         };
-        let mount = InProcess::new(&rt, fs_store.clone(), DEFAULT_BLOCK_SIZE);
+        let mount = InProcess::new(&rt, fs_store.clone(), DEFAULT_BLOCK_SIZE, None);
         let wide = big_directory(&rt, mount.path(), &raw, dir_entries);
         println!("embedded:");
         let meters = (&Meter::Embedded(fs_store), &Meter::Embedded(raw_store));
@@ -810,6 +942,7 @@ fn main() {
             &wide,
         ));
         drop(mount);
+        rows.push(uncompressed_write(&rt, work.path(), &raw, meters.1));
     }
 
     println!(

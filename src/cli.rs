@@ -30,6 +30,10 @@ Mount options (-o, comma separated; the same in /etc/fstab):
   write_buffer=SIZE     unflushed data per open file (bytes, or with k, m, g) past
                         which its full blocks are written in the background while
                         writing goes on (default 16m)
+  compression=CODEC     how this mount compresses the data it writes: zstd, lz4
+                        or none (default: what the filesystem was made with; a
+                        new one gets zstd); every block records its codec, so
+                        mounts with different settings read each other's data
   heartbeat=SECS        how often the session lease is renewed (default 10); a
                         client that stops renewing for 3 heartbeats loses its locks
   logfile=PATH          where a daemonized mount logs (default /var/log/dynamofs.log
@@ -177,6 +181,8 @@ pub struct MountOptions {
     pub heartbeat: Duration,
     /// Unflushed bytes per open file before they are written behind.
     pub write_buffer: usize,
+    /// The codec data is written with (None: the filesystem's own setting).
+    pub compression: Option<crate::compression::Compression>,
 }
 
 impl Default for MountOptions {
@@ -196,6 +202,7 @@ impl Default for MountOptions {
             logfile: None,
             heartbeat: Duration::from_secs(10),
             write_buffer: crate::fs::FsConfig::default().dirty_limit,
+            compression: None,
         }
     }
 }
@@ -290,6 +297,12 @@ impl MountOptions {
                 ("threads", Some(v)) => o.threads = number::<usize>(key, v, false)?.clamp(1, 64),
                 ("logfile", Some(v)) => o.logfile = Some(PathBuf::from(v)),
                 ("write_buffer", Some(v)) => o.write_buffer = bytes(key, v)?,
+                ("compression", Some(v)) => {
+                    o.compression = Some(
+                        crate::compression::Compression::parse(v)
+                            .map_err(|e| format!("mount option {key}={v}: {e}"))?,
+                    )
+                }
                 ("heartbeat", Some(v)) => {
                     o.heartbeat = seconds(key, v)?.max(Duration::from_millis(200))
                 }
@@ -329,6 +342,11 @@ mod tests {
         let o = MountOptions::parse(&["timeout=2,retry_budget=7.5"]).unwrap();
         assert_eq!(o.patience.request_timeout, Duration::from_secs(2));
         assert_eq!(o.patience.retry_budget, Duration::from_millis(7500));
+        let o = MountOptions::parse(&["compression=lz4"]).unwrap();
+        assert_eq!(o.compression, Some(crate::compression::Compression::Lz4));
+        assert!(MountOptions::parse(&["compression=gzip"])
+            .unwrap_err()
+            .contains("zstd, lz4 or none"));
         let o = MountOptions::parse(&["write_buffer=256k"]).unwrap();
         assert_eq!(o.write_buffer, 256 * 1024);
         let o = MountOptions::parse(&["write_buffer=1G"]).unwrap();

@@ -9,6 +9,7 @@
 //! - [`simulator`]: a DynamoDB-faithful proxy (latency, conflicts, throttling, counts) for tests and benchmarks.
 
 pub mod cli;
+pub mod compression;
 pub mod fs;
 pub mod fuse;
 pub mod keys;

@@ -341,6 +341,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         umask: options.umask,
         root_owner: (options.uid.unwrap_or(uid), options.gid.unwrap_or(gid)),
         dirty_limit: options.write_buffer,
+        compression: options.compression,
         ..FsConfig::default()
     }
 }

@@ -7,11 +7,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::compression::Compression;
 use crate::store::{Item, StoreError};
 
 /// The on-disk format this build reads and writes. Format 3 added doomed inodes and
-/// the open files listed in session records (see `fs/gc.rs`).
-pub const FORMAT_VERSION: u32 = 3;
+/// the open files listed in session records (see `fs/gc.rs`); format 4, compressed
+/// blocks and inline data (see [`crate::compression`]).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The filesystem-wide record written once, when the tables are first formatted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +24,14 @@ pub struct Format {
     pub block_size: u64,
     /// How many partitions (blockIds) the blocks of one file are spread over.
     pub stripes: u64,
+    /// The codec mounts write data with unless told otherwise (each item names the
+    /// codec it was written with). Formats before 4 stored everything raw.
+    #[serde(default = "no_compression")]
+    pub compression: Compression,
+}
+
+fn no_compression() -> Compression {
+    Compression::None
 }
 
 /// The type of a file.

@@ -115,10 +115,11 @@ fn locked_file(lock: &LockReport) -> String {
 fn print_human(status: &Status) {
     println!("filesystem {}", status.source);
     println!(
-        "  format version {}, block size {} KiB, {} stripes per file, {} inode numbers allocated",
+        "  format version {}, block size {} KiB, {} stripes per file, data compressed with {}, {} inode numbers allocated",
         status.format.version,
         status.format.block_size / 1024,
         status.format.stripes,
+        status.format.compression,
         status.inodes_allocated
     );
     if let Some(space) = &status.space {

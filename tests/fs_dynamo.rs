@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dynamofs::compression::Compression;
 use dynamofs::fs::{Caller, Fs, FsConfig, FsError, RenameMode, SetAttr};
 use dynamofs::keys::{self, ROOT_INO};
 use dynamofs::records::{to_item, Format, FORMAT_VERSION};
 use dynamofs::store::dynamo::DynamoStore;
-use dynamofs::store::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp};
+use dynamofs::store::{
+    Condition, Item, Key, Page, SortKey, Store, StoreError, Table, Value, WriteOp,
+};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 const ME: Caller = Caller::ROOT;
@@ -288,6 +291,7 @@ async fn another_format_version_stops_the_mount() {
         version: 99,
         block_size: 65536,
         stripes: 4,
+        compression: Compression::None,
     };
     store
         .write(WriteOp::Put {
@@ -757,17 +761,21 @@ async fn small_files_live_inline_and_move_when_they_grow_or_shrink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_formats_are_upgraded_on_mount() {
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         let store = common::dynamo_store("Upgrade").await;
         let old = Format {
             version,
             block_size: 256 * 1024,
             stripes: 16,
+            compression: Compression::None,
         };
+        let mut item = to_item(&old);
+        // Records before format 4 have no codec: their data is raw.
+        item.remove("compression");
         store
             .write(WriteOp::Put {
                 key: keys::format_key(),
-                item: to_item(&old),
+                item,
                 cond: Condition::Absent,
             })
             .await
@@ -775,11 +783,76 @@ async fn older_formats_are_upgraded_on_mount() {
         let fs = Fs::new(store.clone(), FsConfig::default()).await.unwrap();
         assert_eq!(fs.format_record().version, FORMAT_VERSION);
         let stored = store.get(&keys::format_key()).await.unwrap().unwrap();
+        let stored = dynamofs::records::from_item::<Format>(stored).unwrap();
         assert_eq!(
-            dynamofs::records::from_item::<Format>(stored)
-                .unwrap()
-                .version,
-            FORMAT_VERSION
+            (stored.version, stored.compression),
+            (FORMAT_VERSION, Compression::Zstd)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_stored_compressed_where_it_shrinks_and_a_damaged_block_is_an_error() {
+    let store = common::dynamo_store("Codec").await;
+    let fs = new_fs(store.clone(), uncached()).await;
+    let text: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let mut noise = vec![0u8; 300 * 1024];
+    let mut x = 88172645463325252u64;
+    for byte in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    let mut inos = Vec::new();
+    for (name, data) in [(&b"text"[..], &text), (b"noise", &noise)] {
+        let (inode, opened) = fs.create(ME, ROOT_INO, name, 0o644, 0).await.unwrap();
+        fs.write(opened.fh, 0, data).await.unwrap();
+        fs.release(opened.fh).await.unwrap();
+        inos.push(inode.ino);
+    }
+    let stripes = fs.format_record().stripes;
+    let block = |ino: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .get(&keys::block_key(ino, 0, stripes))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let text_block = block(inos[0]).await;
+    assert_eq!(text_block.get("c"), Some(&Value::S("zstd".into())));
+    match text_block.get("d") {
+        Some(Value::B(d)) => assert!(d.len() < text.len() / 3, "{} bytes stored", d.len()),
+        other => panic!("{other:?}"),
+    }
+    // Noise does not shrink: stored as it is, with no codec named.
+    assert_eq!(block(inos[1]).await.get("c"), None);
+    let fresh = new_fs(store.clone(), uncached()).await;
+    for (ino, data) in inos.iter().zip([&text, &noise]) {
+        let opened = fresh.open(ME, *ino, libc::O_RDONLY).await.unwrap();
+        let read = fresh.read(opened.fh, 0, data.len() as u32).await.unwrap();
+        assert!(read == *data, "read back what was written");
+        fresh.release(opened.fh).await.unwrap();
+    }
+
+    let mut damaged = text_block.clone();
+    damaged.insert("d".into(), Value::B(b"not a zstd frame".to_vec()));
+    store
+        .write(WriteOp::Put {
+            key: keys::block_key(inos[0], 0, stripes),
+            item: damaged,
+            cond: Condition::None,
+        })
+        .await
+        .unwrap();
+    let fresh = new_fs(store.clone(), uncached()).await;
+    let opened = fresh.open(ME, inos[0], libc::O_RDONLY).await.unwrap();
+    let err = fresh.read(opened.fh, 0, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(err.to_string().contains("does not decode"), "{err}");
 }

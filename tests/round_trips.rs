@@ -14,35 +14,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{dynamo_local, mount_table, sh, unique_table, Mounted};
+use common::{dynamo_local, mount_table, sh, tokio_source, unique_table, Mounted};
 use dynamofs::simulator::{SimConfig, Simulator};
-
-/// The tokio crate's source, as cargo unpacked it (every build of this crate has it).
-fn tokio_tree() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let index = std::fs::read_dir(home.join("registry/src"))
-        .expect("cargo registry sources")
-        .flatten()
-        .next()
-        .expect("a registry index")
-        .path();
-    let mut found: Vec<PathBuf> = std::fs::read_dir(index)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("tokio-1."))
-        })
-        .collect();
-    found.sort();
-    found.pop().expect("tokio's source in the cargo registry")
-}
 
 /// Size of the file read sequentially.
 const SEQUENTIAL_MIB: usize = 64;
@@ -108,7 +84,7 @@ fn requests_per_entry_stay_within_their_limits() {
         ..SimConfig::default()
     };
     let sim = Simulator::start(dynamo_local().addr(), config).unwrap();
-    let tree = tokio_tree();
+    let tree = tokio_source();
     let entries = entries_under(&tree);
     let work = tempfile::tempdir().unwrap();
     let tarball = work.path().join("tree.tar");

@@ -5,13 +5,15 @@
 //! its inode (`i:<ino>` / `data`), flagged by [`Inode::inline`]: `open` reads inode and
 //! data with one query, and a chmod or utimens, which rewrites only the inode item, is
 //! not billed for the data. Whatever truncation or deletion leaves behind is recorded
-//! as a cleanup in the same transaction and deleted here.
+//! as a cleanup in the same transaction and deleted here. Both kinds of item are
+//! compressed where that makes them smaller (see [`crate::compression`]).
 
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
 use super::{Fs, FsError, FsResult};
+use crate::compression::Compression;
 use crate::keys;
 use crate::records::{from_item, to_item, Inode};
 use crate::store::{Condition, Key, SortKey, Store, StoreError, Table, WriteOp};
@@ -25,16 +27,35 @@ pub(super) const PARALLEL_BLOCKS: usize = 16;
 /// twice) stays small.
 pub(super) const INLINE_MAX: u64 = 64 * 1024;
 
-/// A block item of the blocks table, or the inline item: `d` holds the bytes.
+/// A block item of the blocks table, or the inline item: `d` holds the bytes, stored
+/// with the codec `c` names (raw when absent).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct BlockRecord {
-    pub(super) d: ByteBuf,
+    d: ByteBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<Compression>,
 }
 
-fn block_item(bytes: &[u8]) -> crate::store::Item {
-    to_item(&BlockRecord {
-        d: ByteBuf::from(bytes.to_vec()),
-    })
+impl BlockRecord {
+    /// The record of `bytes`, compressed by `codec` where that makes it smaller.
+    fn item(bytes: &[u8], codec: Compression) -> crate::store::Item {
+        let (used, stored) = codec.compress(bytes);
+        to_item(&BlockRecord {
+            d: ByteBuf::from(stored),
+            c: Some(used).filter(|c| *c != Compression::None),
+        })
+    }
+
+    /// The bytes of a stored block or inline item, at most `limit` of them (a block).
+    pub(super) fn bytes(item: crate::store::Item, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let record = from_item::<BlockRecord>(item)?;
+        let codec = record.c.unwrap_or(Compression::None);
+        let mut bytes = codec
+            .decompress(record.d.into_vec(), limit as usize)
+            .map_err(|e| StoreError::fatal(e.to_string()))?;
+        bytes.truncate(limit as usize);
+        Ok(bytes)
+    }
 }
 
 /// Blocks as fetched: each block's index and bytes.
@@ -47,6 +68,7 @@ pub(super) struct BlockIo {
     store: Arc<dyn Store>,
     block_size: u64,
     stripes: u64,
+    compression: Compression,
 }
 
 impl BlockIo {
@@ -66,7 +88,7 @@ impl BlockIo {
             .zip(items)
             .map(|(idx, item)| {
                 let mut block = match item {
-                    Some(item) => from_item::<BlockRecord>(item)?.d.into_vec(),
+                    Some(item) => BlockRecord::bytes(item, bs)?,
                     None => Vec::new(),
                 };
                 block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
@@ -84,7 +106,7 @@ impl BlockIo {
     fn put_op(&self, ino: u64, idx: u64, block: &[u8]) -> WriteOp {
         WriteOp::Put {
             key: keys::block_key(ino, idx, self.stripes),
-            item: block_item(block),
+            item: BlockRecord::item(block, self.compression),
             cond: Condition::None,
         }
     }
@@ -114,7 +136,7 @@ impl Fs {
                     inode = Some(from_item::<Inode>(item)?)
                 }
                 SortKey::S(name) if name == keys::INLINE_NAME => {
-                    inline = Some(from_item::<BlockRecord>(item)?.d.into_vec())
+                    inline = Some(BlockRecord::bytes(item, self.format.block_size)?)
                 }
                 _ => {}
             }
@@ -144,6 +166,7 @@ impl Fs {
             store: self.store.clone(),
             block_size: self.format.block_size,
             stripes: self.format.stripes,
+            compression: self.config.compression.unwrap_or(self.format.compression),
         }
     }
 
@@ -174,7 +197,7 @@ impl Fs {
     pub(super) fn inline_put(&self, ino: u64, data: &[u8]) -> WriteOp {
         WriteOp::Put {
             key: keys::inline_key(ino),
-            item: block_item(data),
+            item: BlockRecord::item(data, self.blocks().compression),
             cond: Condition::None,
         }
     }

@@ -373,7 +373,7 @@ impl Fs {
                 .get(&keys::block_key(ino, idx, self.format.stripes))
                 .await?
             {
-                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
+                let mut block = BlockRecord::bytes(item, bs)?;
                 if block.len() as u64 > keep - idx * bs {
                     block.truncate((keep - idx * bs) as usize);
                     ops.push(self.block_put(ino, idx, &block));
@@ -494,7 +494,7 @@ impl Fs {
                 .batch_get(std::slice::from_ref(&in_blocks))
                 .await?;
             if let Some(item) = items.into_iter().flatten().next() {
-                let mut block = from_item::<BlockRecord>(item)?.d.into_vec();
+                let mut block = BlockRecord::bytes(item, bs)?;
                 block.truncate((keep - idx * bs) as usize);
                 self.store.write(self.block_put(ino, idx, &block)).await?;
             }

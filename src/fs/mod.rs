@@ -50,6 +50,7 @@ pub use session::SessionStatus;
 pub use setattr::{SetAttr, SetTime};
 pub use xattr::XattrMode;
 
+use crate::compression::Compression;
 use crate::keys::{self, ROOT_INO};
 use crate::records::{
     from_item, to_item, Entry, FileKind, Format, Inode, Timestamp, FORMAT_VERSION,
@@ -94,6 +95,9 @@ pub struct FsConfig {
     /// Bytes per data block when this mount formats a new filesystem (an existing one
     /// keeps the size its format record names). At most [`MAX_BLOCK_SIZE`].
     pub block_size: u64,
+    /// The codec this mount writes data with; `None` takes the one the format record
+    /// names, which a new (or upgraded) filesystem gets from here or the default.
+    pub compression: Option<Compression>,
 }
 
 impl Default for FsConfig {
@@ -108,6 +112,7 @@ impl Default for FsConfig {
             dirty_limit: 16 * 1024 * 1024,
             root_owner: (0, 0),
             block_size: DEFAULT_BLOCK_SIZE,
+            compression: None,
         }
     }
 }
@@ -208,8 +213,8 @@ impl Fs {
         };
         let format = match format.version {
             FORMAT_VERSION => format,
-            1 | 2 if config.read_only => format,
-            1 | 2 => Self::upgrade_format(store.as_ref(), format).await?,
+            1..=3 if config.read_only => format,
+            1..=3 => Self::upgrade_format(store.as_ref(), format, &config).await?,
             other => {
                 return Err(StoreError::fatal(format!(
                     "the tables hold dynamofs format version {other}, but this build reads versions 1 to {FORMAT_VERSION}: \
@@ -241,6 +246,7 @@ impl Fs {
             version: FORMAT_VERSION,
             block_size: config.block_size.clamp(4096, MAX_BLOCK_SIZE),
             stripes: DEFAULT_STRIPES,
+            compression: config.compression.unwrap_or_default(),
         };
         let now = Timestamp::now();
         let root = Inode::empty_dir(ROOT_INO, ROOT_INO, config.root_owner, now);
@@ -274,14 +280,16 @@ impl Fs {
     }
 
     /// Each format adds to the one before: format 1 lacks inline data, format 2 doomed
-    /// files and the open files in session records, so every older table is a valid
-    /// format 3 table. Mark it as format 3, so that older clients, which would neither
-    /// see inline data nor keep a file open elsewhere alive, refuse to mount it from
-    /// now on. (Clients of the older format still mounted are not stopped: unmount
-    /// them before mounting with a newer release.)
-    async fn upgrade_format(store: &dyn Store, old: Format) -> FsResult<Format> {
+    /// files and the open files in session records, format 3 compressed data, so every
+    /// older table is a valid format 4 table. Mark it as format 4, with the codec new
+    /// data is written with, so that older clients, which would neither see inline data
+    /// nor keep a file open elsewhere alive nor read compressed blocks, refuse to mount
+    /// it from now on. (Clients of the older format still mounted are not stopped:
+    /// unmount them before mounting with a newer release.)
+    async fn upgrade_format(store: &dyn Store, old: Format, config: &FsConfig) -> FsResult<Format> {
         let new = Format {
             version: FORMAT_VERSION,
+            compression: config.compression.unwrap_or_default(),
             ..old
         };
         let put = WriteOp::Put {

@@ -427,3 +427,27 @@ pub fn dynamofs_on_table(subcommand: &str, table: &str, args: &[&str]) -> std::p
     }
     cmd.output().unwrap()
 }
+
+/// The tokio crate's source, as cargo unpacked it (every build of this crate has it): a real source tree for tests and benchmarks.
+pub fn tokio_source() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let index = std::fs::read_dir(home.join("registry/src"))
+        .expect("cargo registry sources")
+        .flatten()
+        .next()
+        .expect("a registry index")
+        .path();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(index)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tokio-1."))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("tokio's source in the cargo registry")
+}
