@@ -28,7 +28,7 @@ pub enum Compression {
 /// Stored bytes that do not decode to a block: the item was damaged or written by
 /// something else.
 #[derive(Debug, thiserror::Error)]
-#[error("a {codec:?} block does not decode: {reason}")]
+#[error("a {codec} block does not decode: {reason}")]
 pub struct CorruptBlock {
     codec: Compression,
     reason: String,
