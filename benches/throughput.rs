@@ -196,13 +196,7 @@ struct Tree {
 
 fn tokio_tree(work: &Path) -> Tree {
     let root = common::tokio_source();
-    let tarball = work.join("tree.tar");
-    sh(&format!(
-        "tar -C '{}' -cf '{}' '{}'",
-        root.parent().unwrap().display(),
-        tarball.display(),
-        root.file_name().unwrap().to_string_lossy()
-    ));
+    let tarball = common::tarball_of(&root, work);
     let mut entries = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
@@ -453,7 +447,7 @@ fn run_workloads(
 
     let mib = env_or("DYNAMOFS_BENCH_MIB", 256);
     // Incompressible, so that dynamofs stores as many bytes as the raw side.
-    let data = noise(mib << 20);
+    let data = common::noise(mib << 20);
     let big = base.join("big");
     let fs_run = measure(meter, mib, || write_in_mib_chunks(&big, &data));
     let raw_run = measure(raw_meter, mib, || {
@@ -651,7 +645,7 @@ fn uncompressed_write(
         Some(Compression::None),
     );
     let mib = env_or("DYNAMOFS_BENCH_MIB", 256);
-    let data = noise(mib << 20);
+    let data = common::noise(mib << 20);
     let path = mount.path().join("big");
     let fs = measure(&Meter::Embedded(store), mib, || {
         write_in_mib_chunks(&path, &data)
@@ -678,7 +672,7 @@ fn block_size_sweep(
     const SWEEP_MIB: usize = 64;
     const SWEEP_RANDOM: usize = 500;
     let meter = Meter::Simulated(sim.clone());
-    let data = noise(SWEEP_MIB << 20);
+    let data = common::noise(SWEEP_MIB << 20);
     let mut lines = vec![
         "| block size | latency | write MiB/s | write req/MiB | write WCU/MiB | read MiB/s | read req/MiB | read RCU/MiB | random 4 KiB write WCU/op |".to_string(),
         "|---|---|---|---|---|---|---|---|---|".to_string(),
@@ -725,22 +719,6 @@ fn block_size_sweep(
     }
 }
 
-/// Incompressible bytes (an xorshift stream), as most large files are (media,
-/// archives, binaries already compressed): compression gains nothing on them, so they
-/// show its cost.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len.div_ceil(8))
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .take(len)
-        .collect()
-}
-
 /// The codecs compared on the items a filesystem would store: each file of the tree
 /// (block 0 inline up to 64 KiB, the rest in 256 KiB blocks), and 64 MiB of noise in
 /// blocks. Prints stored bytes and write units against raw, and compression and
@@ -755,7 +733,7 @@ fn codec_comparison(tree: &Tree) {
             data.chunks(chunk)
         })
         .collect();
-    let noise = noise(64 << 20);
+    let noise = common::noise(64 << 20);
     let noise_blocks: Vec<&[u8]> = noise.chunks(BLOCK).collect();
     let raw_bytes: usize = items.iter().map(|i| i.len()).sum();
     // A write unit per started KiB of the item, about 60 bytes of key and names included.

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{dynamo_local, mount_table, sh, tokio_source, unique_table};
+use common::{dynamo_local, mount_table, sh, tarball_of, tokio_source, unique_table};
 use dynamofs::keys;
 use dynamofs::simulator::{SimConfig, Simulator};
 use dynamofs::store::{Key, Store, Value};
@@ -66,12 +66,7 @@ fn a_compressed_tree_stores_and_bills_less_and_every_codec_reads_every_other() {
     let tree = tokio_source();
     let name = tree.file_name().unwrap().to_string_lossy().into_owned();
     let work = tempfile::tempdir().unwrap();
-    let tarball = work.path().join("tree.tar");
-    sh(&format!(
-        "tar -C '{}' -cf '{}' '{name}'",
-        tree.parent().unwrap().display(),
-        tarball.display(),
-    ));
+    let tarball = tarball_of(&tree, work.path());
     let reach = format!("endpoint={},heartbeat=60", sim.endpoint());
 
     let mut figures = Vec::new();

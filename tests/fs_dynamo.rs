@@ -798,14 +798,7 @@ async fn data_is_stored_compressed_where_it_shrinks_and_a_damaged_block_is_an_er
     let text: Vec<u8> = (0..40_000)
         .flat_map(|i| format!("line {i}\n").into_bytes())
         .collect();
-    let mut noise = vec![0u8; 300 * 1024];
-    let mut x = 88172645463325252u64;
-    for byte in noise.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *byte = x as u8;
-    }
+    let noise = common::noise(300 * 1024);
     let mut inos = Vec::new();
     for (name, data) in [(&b"text"[..], &text), (b"noise", &noise)] {
         let (inode, opened) = fs.create(ME, ROOT_INO, name, 0o644, 0).await.unwrap();

@@ -17,7 +17,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{dynamo_local, mount_table, sh, tokio_source, unique_table, Mounted};
+use common::{dynamo_local, mount_table, sh, tarball_of, tokio_source, unique_table, Mounted};
 use dynamofs::simulator::{SimConfig, Simulator};
 
 /// Size of the file read sequentially.
@@ -87,13 +87,7 @@ fn requests_per_entry_stay_within_their_limits() {
     let tree = tokio_source();
     let entries = entries_under(&tree);
     let work = tempfile::tempdir().unwrap();
-    let tarball = work.path().join("tree.tar");
-    sh(&format!(
-        "tar -C '{}' -cf '{}' '{}'",
-        tree.parent().unwrap().display(),
-        tarball.display(),
-        tree.file_name().unwrap().to_string_lossy()
-    ));
+    let tarball = tarball_of(&tree, work.path());
     let name = tree.file_name().unwrap().to_string_lossy().into_owned();
     let table = unique_table("Trips");
 

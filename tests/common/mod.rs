@@ -451,3 +451,30 @@ pub fn tokio_source() -> PathBuf {
     found.sort();
     found.pop().expect("tokio's source in the cargo registry")
 }
+
+/// A tarball of `tree` (its last component at the top) written into `dir`.
+pub fn tarball_of(tree: &Path, dir: &Path) -> PathBuf {
+    let tarball = dir.join("tree.tar");
+    sh(&format!(
+        "tar -C '{}' -cf '{}' '{}'",
+        tree.parent().unwrap().display(),
+        tarball.display(),
+        tree.file_name().unwrap().to_string_lossy()
+    ));
+    tarball
+}
+
+/// Incompressible bytes (an xorshift stream), as most large files are (media, archives,
+/// binaries already compressed): compression gains nothing on them.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
