@@ -278,6 +278,9 @@ impl Filesystem for DynamoFuse {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
+        if let Err(e) = self.rt.block_on(self.fs.settle_all_creates()) {
+            tracing::warn!(error = %e, "cannot commit the last new files");
+        }
         self.rt.block_on(self.fs.write_all_held());
         if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
             tracing::warn!(error = %e, "cannot remove the session record");

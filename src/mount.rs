@@ -365,6 +365,7 @@ pub fn start_session(
     session_config.n_threads = Some(options.threads);
     session_config.acl = acl;
     fs.spawn_flusher(&rt);
+    fs.spawn_create_settler(&rt);
     let adapter = DynamoFuse::new(fs, rt);
     let notifier = adapter.notifier_slot();
     let session = fuser::Session::from_fd(adapter, fd, acl, session_config).map_err(|e| {

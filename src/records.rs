@@ -170,8 +170,22 @@ pub struct Inode {
     /// Block 0 lives in the inline item beside the inode, not in the blocks table.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inline: bool,
+    /// Directories: the session that holds the directory's lease, if one ever did
+    /// (see `fs/lease.rs`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease_by: String,
+    /// Directories: when that lease ends, in milliseconds since the epoch (0: ended).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_until: u64,
+    /// Directories: another client asked the holder to give the lease up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease_recall: bool,
     /// Version for optimistic locking; bumped by every write of this record.
     pub ver: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Inode {
@@ -194,6 +208,9 @@ impl Inode {
             target: Vec::new(),
             xattrs: Default::default(),
             inline: false,
+            lease_by: String::new(),
+            lease_until: 0,
+            lease_recall: false,
             ver: 1,
         }
     }
@@ -356,6 +373,9 @@ mod tests {
             target: b"a\xffb".to_vec(),
             xattrs: [("user.k".to_string(), ByteBuf::from(vec![0u8, 1]))].into(),
             inline: true,
+            lease_by: "session".into(),
+            lease_until: 5,
+            lease_recall: true,
             ver: 4,
         };
         assert_eq!(from_item::<Inode>(to_item(&inode)).unwrap(), inode);

@@ -441,7 +441,75 @@ async fn updates(store: &dyn Store) {
     assert_eq!(store.get(&key).await.unwrap(), None);
 }
 
+/// The comparisons and combinations a directory lease is written with: a missing
+/// attribute, numbers above and below, a string, all of and any of, and how each reads
+/// on an item that does not exist.
+async fn compound_conditions(store: &dyn Store) {
+    let key = Key::meta("cc:1", "a");
+    let leased = item(&[
+        (VERSION_ATTR, Value::N("1".into())),
+        ("until", Value::N("100".into())),
+        ("by", Value::S("me".into())),
+    ]);
+    store
+        .write(put(&key, leased.clone(), Condition::Absent))
+        .await
+        .unwrap();
+    let holds = [
+        Condition::NumberBelow("until", 101),
+        Condition::NumberAbove("until", 99),
+        Condition::StringIs("by", "me".into()),
+        Condition::Lacks("recall"),
+        Condition::All(vec![
+            Condition::Present,
+            Condition::Any(vec![
+                Condition::Lacks("until"),
+                Condition::StringIs("by", "me".into()),
+            ]),
+        ]),
+        Condition::Any(vec![Condition::NumberBelow("until", 5), Condition::None]),
+    ];
+    for cond in holds {
+        let write = put(&key, leased.clone(), cond.clone());
+        assert_eq!(store.write(write).await, Ok(()), "{cond:?} holds for a put");
+    }
+    let fails = [
+        Condition::NumberBelow("until", 100),
+        Condition::NumberAbove("until", 100),
+        Condition::StringIs("by", "you".into()),
+        Condition::Lacks("until"),
+        Condition::All(vec![Condition::Present, Condition::Lacks("by")]),
+        Condition::Any(vec![
+            Condition::NumberBelow("until", 5),
+            Condition::StringIs("by", "you".into()),
+        ]),
+    ];
+    for cond in fails {
+        let write = put(&key, leased.clone(), cond.clone());
+        assert_eq!(
+            store.write(write).await,
+            Err(StoreError::Conflict),
+            "{cond:?} fails"
+        );
+    }
+    // On a missing item, a missing attribute is missing and a comparison fails.
+    let missing = Key::meta("cc:1", "b");
+    let absent_ok = Condition::All(vec![Condition::Lacks("until"), Condition::Absent]);
+    store
+        .write(put(&missing, leased.clone(), absent_ok))
+        .await
+        .unwrap();
+    let other = Key::meta("cc:1", "c");
+    assert_eq!(
+        store
+            .write(put(&other, leased, Condition::NumberBelow("until", 1000)))
+            .await,
+        Err(StoreError::Conflict)
+    );
+}
+
 async fn suite(store: Arc<dyn Store>) {
+    compound_conditions(store.as_ref()).await;
     updates(store.as_ref()).await;
     scans(store.as_ref()).await;
     conditions(store.as_ref()).await;

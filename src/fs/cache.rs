@@ -368,6 +368,17 @@ impl MetaCache {
             .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
     }
 
+    /// Trust the fresh listing of `dir` for another `entry_ttl`: this client holds the
+    /// directory's lease, so its names changed only through this client since it was
+    /// listed (see `lease.rs`).
+    pub(super) fn extend_listing(&self, dir: u64) {
+        if let Some(listing) = self.listings.lock().unwrap().get_mut(&dir) {
+            if listing.at.elapsed() < self.entry_ttl {
+                listing.at = Instant::now();
+            }
+        }
+    }
+
     /// Forget the listing of a directory that went away.
     pub(super) fn forget_listing(&self, dir: u64) {
         self.listings.lock().unwrap().remove(&dir);

@@ -11,6 +11,8 @@
 //! still moves the version before the create returns, so rmdir stays exact; if the
 //! directory was removed in between, the create is undone and fails with ENOENT.
 
+use super::lease;
+use super::session::now_ms;
 use super::tx::Tx;
 use super::{check_name, Caller, Fs, FsError, FsResult, Opened};
 use crate::records::{Entry, FileKind, Inode, Timestamp};
@@ -22,6 +24,38 @@ struct NewNode<'a> {
     mode: u32,
     rdev: u32,
     target: &'a [u8],
+}
+
+/// The inode of a new node made by `caller` in `dir` at `now`, at version 1.
+fn new_inode(caller: Caller, ino: u64, dir: &Inode, node: &NewNode<'_>, now: Timestamp) -> Inode {
+    let is_dir = node.kind == FileKind::Dir;
+    // BSD group semantics when the directory is setgid, as ext4 does.
+    let setgid = dir.mode & libc::S_ISGID != 0;
+    let mut mode = node.mode & 0o7777;
+    if setgid && is_dir {
+        mode |= libc::S_ISGID;
+    }
+    Inode {
+        ino,
+        kind: node.kind,
+        mode,
+        uid: caller.uid,
+        gid: if setgid { dir.gid } else { caller.gid },
+        size: node.target.len() as u64,
+        nlink: if is_dir { 2 } else { 1 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: node.rdev,
+        parent: if is_dir { dir.ino } else { 0 },
+        target: node.target.to_vec(),
+        xattrs: Default::default(),
+        inline: false,
+        lease_by: String::new(),
+        lease_until: 0,
+        lease_recall: false,
+        ver: 1,
+    }
 }
 
 impl Fs {
@@ -39,7 +73,6 @@ impl Fs {
             .optimistic(|fresh| {
                 let node = &node;
                 async move {
-                    let detached = node.kind != FileKind::Dir && self.cache.is_contended(parent);
                     // The transaction's condition on the parent is what makes a create
                     // right; of the parent's record only its setgid bit and group are
                     // used, so a first attempt may take it from the cache however old.
@@ -51,32 +84,12 @@ impl Fs {
                     if dir.nlink == 0 {
                         return Err(FsError::NotFound);
                     }
-                    let now = Timestamp::now();
+                    let detached = node.kind != FileKind::Dir && self.may_detach(&dir);
+                    let mut inode = new_inode(caller, ino, &dir, node, Timestamp::now());
                     let is_dir = node.kind == FileKind::Dir;
-                    // BSD group semantics when the directory is setgid, as ext4 does.
-                    let setgid = dir.mode & libc::S_ISGID != 0;
-                    let mut mode = node.mode & 0o7777;
-                    if setgid && is_dir {
-                        mode |= libc::S_ISGID;
+                    if let Some(me) = self.session_id().filter(|_| is_dir) {
+                        lease::grant(&mut inode, me, now_ms());
                     }
-                    let inode = Inode {
-                        ino,
-                        kind: node.kind,
-                        mode,
-                        uid: caller.uid,
-                        gid: if setgid { dir.gid } else { caller.gid },
-                        size: node.target.len() as u64,
-                        nlink: if is_dir { 2 } else { 1 },
-                        atime: now,
-                        mtime: now,
-                        ctime: now,
-                        rdev: node.rdev,
-                        parent: if is_dir { parent } else { 0 },
-                        target: node.target.to_vec(),
-                        xattrs: Default::default(),
-                        inline: false,
-                        ver: 1,
-                    };
                     let mut tx = Tx::new();
                     tx.put_entry(
                         parent,
@@ -115,8 +128,57 @@ impl Fs {
         if inode.kind == FileKind::Dir {
             // Just made, by us: known empty, so lookups in it need no request.
             self.cache.put_listing(ino, [], Some(inode.ver));
+            if inode.lease_until != 0 {
+                self.leases.hold(ino, inode.lease_until);
+            }
         }
         Ok(inode)
+    }
+
+    /// Create a regular file without a request, if this client holds the lease of
+    /// `parent` and its complete listing says the name is free: the create is committed
+    /// with the file's first flush (see `lease.rs` and `file.rs`). `None` if it may not.
+    async fn create_deferred(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<Option<(Inode, Opened)>> {
+        if !self.files.defers_creates()
+            || !self.leases.can_defer(parent)
+            || self.cache.entry(parent, name).answer() != Some(None)
+        {
+            return Ok(None);
+        }
+        let Some(dir) = self
+            .cache
+            .inode_any_age(parent)
+            .filter(|dir| dir.kind == FileKind::Dir && dir.nlink > 0)
+        else {
+            return Ok(None);
+        };
+        let ino = self.alloc_ino().await?;
+        let file = NewNode {
+            kind: FileKind::File,
+            mode,
+            rdev: 0,
+            target: &[],
+        };
+        let inode = new_inode(caller, ino, &dir, &file, Timestamp::now());
+        let entry = Entry {
+            ino,
+            kind: FileKind::File,
+        };
+        self.cache_entry(parent, name, Some(entry));
+        self.cache_inode(&inode);
+        let opened = self
+            .open_inode(inode.clone(), None, flags & !libc::O_TRUNC)
+            .await?;
+        self.files.defer_create(ino, parent, name).await;
+        tracing::trace!(parent, ino, "create deferred to the first flush");
+        Ok(Some((self.present(inode), opened)))
     }
 
     /// Touch the parent of a create committed without it; if the parent is gone (an
@@ -231,6 +293,14 @@ impl Fs {
         mode: u32,
         flags: i32,
     ) -> FsResult<(Inode, Opened)> {
+        self.check_writable()?;
+        check_name(name)?;
+        if let Some(created) = self
+            .create_deferred(caller, parent, name, mode, flags)
+            .await?
+        {
+            return Ok(created);
+        }
         let file = NewNode {
             kind: FileKind::File,
             mode,
@@ -249,6 +319,7 @@ impl Fs {
     pub async fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Inode> {
         self.check_writable()?;
         check_name(newname)?;
+        self.settle_create(ino).await?;
         let inode = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;

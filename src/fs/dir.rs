@@ -173,6 +173,7 @@ impl Fs {
     /// Every entry of directory `ino`, read from the store and remembered as its
     /// complete listing (`ver`: the directory's version, if read just before).
     pub(super) async fn list_entries(&self, ino: u64, ver: Option<u64>) -> FsResult<Vec<DirEntry>> {
+        self.settle_creates_in(ino).await?;
         let mut listing = Vec::new();
         for (sk, item) in self
             .query_all(Table::Meta, &keys::entries_partition(ino), None)

@@ -62,6 +62,11 @@ pub enum FsError {
     /// The operation is not supported.
     #[error("operation not supported")]
     Unsupported,
+    /// A new file's name, answered before it was committed, was taken by another client
+    /// meanwhile: this client could not reach the store for longer than its directory
+    /// lease (see `fs/lease.rs`).
+    #[error("another client took the name of this new file meanwhile")]
+    NameLost,
     /// The store failed (after retries).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +95,7 @@ impl FsError {
             FsError::Interrupted => libc::EINTR,
             FsError::NoLocks => libc::ENOLCK,
             FsError::Unsupported => libc::EOPNOTSUPP,
+            FsError::NameLost => libc::EIO,
             FsError::Store(StoreError::Throttled(_)) => libc::EAGAIN,
             FsError::Store(
                 StoreError::Conflict

@@ -11,17 +11,20 @@
 //! batch get.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
 use super::blocks::{FetchedBlocks, PARALLEL_BLOCKS};
 use super::held::AttrDelta;
+use super::lease;
 use super::prefetch::{Fetch, ReadAhead};
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
-use crate::records::{Cleanup, FileKind, Inode, Timestamp};
+use crate::records::{Cleanup, Entry, FileKind, Inode, Timestamp};
 use crate::store::{Condition, StoreError, WriteOp};
 
 /// Clean blocks kept per open file.
@@ -73,6 +76,29 @@ pub(super) struct FileData {
     /// Changes with every change of content or identity, never repeating across files,
     /// so a read that fetched without the lock knows whether what it fetched still fits.
     generation: u64,
+    /// The create of this file, answered but not committed yet (see `lease.rs`).
+    create: Option<DeferredCreate>,
+}
+
+/// A create answered without a request: the name it adds, committed with the file.
+#[derive(Clone)]
+struct DeferredCreate {
+    parent: u64,
+    name: Vec<u8>,
+}
+
+impl DeferredCreate {
+    /// Add the create of `inode` to `tx`: the entry, on the condition that the name is
+    /// free, the inode, and the directory's touch (which renews the lease).
+    fn add_to(&self, tx: &mut Tx, inode: &Inode) {
+        let entry = Entry {
+            ino: inode.ino,
+            kind: FileKind::File,
+        };
+        tx.put_entry(self.parent, &self.name, entry, Condition::Absent);
+        tx.create(inode.clone());
+        tx.touch_dir(self.parent, 0);
+    }
 }
 
 /// Blocks handed to a background task at the dirty limit. One such upload runs per file
@@ -115,9 +141,45 @@ pub(super) struct OpenFiles {
     writers: Mutex<std::collections::HashSet<u64>>,
     /// (mtime, size) of each file when this client last closed it, for keep_cache.
     last_seen: Mutex<HashMap<u64, (Timestamp, u64)>>,
+    /// Files whose create is deferred: their directory, and since when.
+    unborn: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// Whether creates may be deferred: only once a task commits them in time.
+    defers: AtomicBool,
 }
 
 impl OpenFiles {
+    /// Whether a create may be answered now and committed later.
+    pub(super) fn defers_creates(&self) -> bool {
+        self.defers.load(Ordering::Relaxed)
+    }
+
+    /// Note that the create of `ino`, just opened, as `parent/name` is deferred.
+    pub(super) async fn defer_create(&self, ino: u64, parent: u64, name: &[u8]) {
+        let Some(data) = self.data(ino) else { return };
+        data.lock().await.create = Some(DeferredCreate {
+            parent,
+            name: name.to_vec(),
+        });
+        self.unborn
+            .lock()
+            .unwrap()
+            .insert(ino, (parent, Instant::now()));
+    }
+
+    fn is_unborn(&self, ino: u64) -> bool {
+        self.unborn.lock().unwrap().contains_key(&ino)
+    }
+
+    /// The files whose deferred create matches `which` (directory, since when).
+    fn unborn_where(&self, which: impl Fn(u64, Instant) -> bool) -> Vec<u64> {
+        let unborn = self.unborn.lock().unwrap();
+        unborn
+            .iter()
+            .filter(|(_, (dir, since))| which(*dir, *since))
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
     /// Note what a file looked like when this client closed it, for keep_cache.
     fn remember_closed(&self, inode: &Inode) {
         let mut seen = self.last_seen.lock().unwrap();
@@ -193,6 +255,7 @@ impl FileData {
             clean: BTreeMap::new(),
             reads: ReadAhead::default(),
             generation: next_generation(),
+            create: None,
         }
     }
 
@@ -210,7 +273,8 @@ impl FileData {
     }
 
     pub(super) fn has_unflushed(&self) -> bool {
-        !self.dirty.is_empty()
+        self.create.is_some()
+            || !self.dirty.is_empty()
             || self.behind.is_some()
             || self.mtime.is_some()
             || self.held.is_some()
@@ -300,6 +364,7 @@ impl Fs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.check_writable()?;
         }
+        self.settle_create(ino).await?;
         let (inode, inline) = self.load_for_open(ino).await?;
         self.open_inode(inode, inline, flags).await
     }
@@ -494,6 +559,7 @@ impl Fs {
     /// the one before it has ended.
     async fn write_behind(&self, data: &mut FileData) -> FsResult<()> {
         self.finish_write_behind(data).await;
+        self.commit_create(data).await?;
         let ino = data.stored.ino;
         let bs = self.format.block_size;
         let full: Vec<u64> = data
@@ -613,14 +679,23 @@ impl Fs {
         } else {
             BTreeMap::new()
         };
-        // Any other block past the end is announced in the writers record first (`gc.rs`).
-        if dirty.keys().any(|idx| past_end(*idx)) {
-            if let Err(e) = self.writing_past_end(ino).await {
-                data.dirty.extend(dirty);
-                data.dirty.extend(with_inode);
-                data.dirty.extend(inline_block.map(|b| (0, b)));
-                return Err(e);
-            }
+        let announce = dirty.keys().any(|idx| past_end(*idx));
+        // Blocks written apart from the inode need it to exist: a deferred create goes
+        // first. Any other block past the end is announced in the writers record first
+        // (`gc.rs`).
+        let prepared = match data.create.is_some() && !dirty.is_empty() {
+            true => self.commit_create(data).await,
+            false => Ok(()),
+        };
+        let prepared = match prepared {
+            Ok(()) if announce => self.writing_past_end(ino).await,
+            other => other,
+        };
+        if let Err(e) = prepared {
+            data.dirty.extend(dirty);
+            data.dirty.extend(with_inode);
+            data.dirty.extend(inline_block.map(|b| (0, b)));
+            return Err(e);
         }
         let written = stream::iter(dirty.into_iter().map(|(idx, block)| async move {
             let result = self.store.write(self.block_put(ino, idx, &block)).await;
@@ -655,17 +730,22 @@ impl Fs {
         let earlier = taken.delta();
         let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
-        let (with_inode_ref, inline_ref) = (&with_inode, &inline_block);
+        let create = data.create.clone();
+        let (with_inode_ref, inline_ref, create_ref) = (&with_inode, &inline_block, &create);
         let updated = self
             .optimistic(|fresh| {
                 let first = first.clone();
                 async move {
-                    let inode = if fresh {
+                    // A file not created yet is as this client made it.
+                    let inode = if fresh && create_ref.is_none() {
                         self.load_inode(ino, true).await?
                     } else {
                         first
                     };
                     let mut tx = Tx::new();
+                    if let Some(create) = create_ref {
+                        create.add_to(&mut tx, &inode);
+                    }
                     for (idx, block) in with_inode_ref {
                         tx.write(self.block_put(ino, *idx, block));
                     }
@@ -698,13 +778,16 @@ impl Fs {
                     if let Some(held) = held {
                         held.apply(new);
                     }
-                    let written = self.commit(tx).await?;
+                    let written = self.commit_with_create(tx, create_ref.as_ref()).await?;
                     Ok(written.get(&ino).cloned().expect("updated inode"))
                 }
             })
             .await;
+        if create.is_some() && matches!(updated, Ok(_) | Err(FsError::NameLost)) {
+            self.create_done(data, updated.is_ok());
+        }
         let updated = match updated {
-            Err(FsError::Stale) => {
+            Err(FsError::Stale | FsError::NameLost) => {
                 // Another client deleted the file meanwhile: the blocks just written
                 // belong to nobody, so take them back rather than leak them.
                 self.finish_cleanup(Cleanup {
@@ -718,7 +801,7 @@ impl Fs {
                 data.dirty_bytes = 0;
                 data.mtime = None;
                 data.held = None;
-                return Err(FsError::Stale);
+                return Err(updated.expect_err("matched an error"));
             }
             Err(e) => {
                 restore(data, with_inode, inline_block);
@@ -805,6 +888,132 @@ impl Fs {
         if last && flushed.is_ok() {
             self.done_writing_past_end(handle.ino).await;
         }
+        if last {
+            // A create the flush could not commit never will be.
+            let mut data = handle.data.lock().await;
+            if data.create.is_some() {
+                self.create_done(&mut data, false);
+            }
+        }
         flushed
+    }
+
+    /// Commit the deferred create of `data`'s file on its own: before its blocks go
+    /// to the store apart from the inode, or before another operation reads it.
+    async fn commit_create(&self, data: &mut FileData) -> FsResult<()> {
+        let Some(create) = data.create.clone() else {
+            return Ok(());
+        };
+        let inode = data.stored.clone();
+        let (create_ref, inode_ref) = (&create, &inode);
+        let result = self
+            .optimistic(|_| async move {
+                let mut tx = Tx::new();
+                create_ref.add_to(&mut tx, inode_ref);
+                self.commit_with_create(tx, Some(create_ref)).await?;
+                Ok(())
+            })
+            .await;
+        if matches!(result, Ok(()) | Err(FsError::NameLost)) {
+            self.create_done(data, result.is_ok());
+        }
+        result
+    }
+
+    /// Commit `tx`, which holds `create` if that is given. A conflict because another
+    /// client took the name meanwhile (its lease ran out, see `lease.rs`) is
+    /// [`FsError::NameLost`].
+    async fn commit_with_create(
+        &self,
+        tx: Tx,
+        create: Option<&DeferredCreate>,
+    ) -> FsResult<BTreeMap<u64, Inode>> {
+        match self.commit(tx).await {
+            Err(e) if e.is_conflict() => match create {
+                Some(c)
+                    if self
+                        .store
+                        .get(&keys::entry_key(c.parent, &c.name))
+                        .await?
+                        .is_some() =>
+                {
+                    tracing::error!(dir = c.parent, "another client took the name of a new file while this client could not reach the store");
+                    Err(FsError::NameLost)
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// The deferred create of `data`'s file is over: committed, or never to be (then
+    /// what this client cached of the file and its name goes).
+    fn create_done(&self, data: &mut FileData, committed: bool) {
+        let ino = data.stored.ino;
+        self.files.unborn.lock().unwrap().remove(&ino);
+        let Some(create) = data.create.take() else {
+            return;
+        };
+        if !committed {
+            self.cache_entry(create.parent, &create.name, None);
+            self.cache.forget_listing(create.parent);
+            self.forget_inode(ino);
+        }
+    }
+
+    /// Commit the deferred create of `ino`, if there is one: before anything reads the
+    /// file or its name from the store.
+    pub(super) async fn settle_create(&self, ino: u64) -> FsResult<()> {
+        if !self.files.is_unborn(ino) {
+            return Ok(());
+        }
+        match self.files.data(ino) {
+            Some(data) => self.commit_create(&mut *data.lock().await).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Commit every deferred create in `dir`: before its entries are read from the store.
+    pub(super) async fn settle_creates_in(&self, dir: u64) -> FsResult<()> {
+        for ino in self.files.unborn_where(|parent, _| parent == dir) {
+            self.settle_create(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Commit the deferred create of the file `dir/name` names, if it is one.
+    pub(super) async fn settle_entry(&self, dir: u64, name: &[u8]) -> FsResult<()> {
+        match self.cache.entry(dir, name).answer() {
+            Some(Some(entry)) => self.settle_create(entry.ino).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Commit every deferred create (sync, unmount).
+    pub async fn settle_all_creates(&self) -> FsResult<()> {
+        for ino in self.files.unborn_where(|_, _| true) {
+            self.settle_create(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Start the task that commits deferred creates once they are
+    /// [`lease::DEFER_LIMIT`] old. Until it runs, no create is deferred.
+    pub fn spawn_create_settler(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        self.files.defers.store(true, Ordering::Relaxed);
+        let fs = self.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(lease::DEFER_LIMIT / 4).await;
+                let due = fs
+                    .files
+                    .unborn_where(|_, since| since.elapsed() >= lease::DEFER_LIMIT);
+                for ino in due {
+                    if let Err(e) = fs.settle_create(ino).await {
+                        tracing::warn!(ino, error = %e, "cannot commit a deferred create");
+                    }
+                }
+            }
+        });
     }
 }

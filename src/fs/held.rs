@@ -370,6 +370,9 @@ mod tests {
             target: Vec::new(),
             xattrs: Default::default(),
             inline: false,
+            lease_by: String::new(),
+            lease_until: 0,
+            lease_recall: false,
             ver: 1,
         }
     }

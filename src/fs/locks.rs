@@ -272,6 +272,8 @@ impl Fs {
         wait: bool,
     ) -> FsResult<()> {
         let session = self.lock_session()?.to_string();
+        // A lock is a point other clients synchronize at: the file exists for them.
+        self.settle_create(ino).await?;
         if kind.is_none() {
             // What was written under the lock must be visible to its next holder.
             self.flush_open_file(ino).await?;

@@ -143,6 +143,7 @@ impl Fs {
     /// Make everything written so far durable (`fsync` does this for one file; an
     /// unmount does it last).
     pub async fn sync(&self) -> FsResult<()> {
+        self.settle_all_creates().await?;
         Ok(self.store.sync().await?)
     }
 }

@@ -25,6 +25,7 @@ mod file;
 mod fsck;
 mod gc;
 mod held;
+mod lease;
 mod locks;
 mod lookup;
 mod prefetch;
@@ -172,6 +173,7 @@ pub struct Fs {
     liveness: session::Liveness,
     locks: locks::HeldLocks,
     cleaning: gc::CleaningNow,
+    leases: lease::DirLeases,
 }
 
 /// What [`Fs::renew_listing`] found.
@@ -238,6 +240,7 @@ impl Fs {
             liveness: session::Liveness::default(),
             locks: locks::HeldLocks::default(),
             cleaning: gc::CleaningNow::default(),
+            leases: lease::DirLeases::default(),
         })
     }
 
@@ -410,16 +413,29 @@ impl Fs {
             .iter()
             .filter_map(|taken| Some(taken.delta()?.update_op(taken.ino())))
             .collect();
+        let dirs = tx.leased_dirs();
         let done = match tx
-            .commit(self.store.as_ref(), self.session_id(), rider_ops)
+            .commit(
+                self.store.as_ref(),
+                self.session_id(),
+                &self.leases,
+                rider_ops,
+            )
             .await
         {
             Ok(done) => done,
             Err(e) => {
                 riders.into_iter().for_each(held::Taken::give_back);
+                if e.is_conflict() {
+                    self.after_lease_conflict(&dirs).await?;
+                }
                 return Err(e);
             }
         };
+        for (dir, until) in &done.renewed {
+            self.leases.hold(*dir, *until);
+            self.cache.extend_listing(*dir);
+        }
         for taken in riders {
             match taken.delta() {
                 Some(delta) if done.riders_written => self
@@ -432,7 +448,15 @@ impl Fs {
             self.cache_entry(*dir, name, *entry);
         }
         for (dir, nlink_delta) in &done.touched {
-            self.cache.touch_dir(*dir, done.now, *nlink_delta);
+            let until = done
+                .renewed
+                .iter()
+                .find(|(renewed, _)| renewed == dir)
+                .map_or(0, |(_, until)| *until);
+            self.cache.updated_in_place(*dir, |inode| {
+                inode.touch(done.now, *nlink_delta);
+                inode.lease_until = until;
+            });
             self.held.superseded_times(*dir);
         }
         for inode in done.written.values() {
@@ -464,6 +488,7 @@ impl Fs {
                     .ok_or(FsError::Stale);
             }
         }
+        self.settle_create(ino).await?;
         match self.store.get(&keys::inode_key(ino)).await? {
             Some(item) => {
                 let inode: Inode = from_item(item)?;
@@ -482,6 +507,9 @@ impl Fs {
     /// Read `inos` (at most [`cache::INODE_BATCH_LIMIT`]) with one batch get and cache
     /// them as read together; returns those that still exist, and forgets the others.
     async fn read_inodes(&self, inos: &[u64]) -> FsResult<Vec<Inode>> {
+        for ino in inos {
+            self.settle_create(*ino).await?;
+        }
         let keys: Vec<_> = inos.iter().map(|ino| keys::inode_key(*ino)).collect();
         let mut read = Vec::new();
         for (ino, item) in inos.iter().zip(self.store.batch_get(&keys).await?) {
@@ -521,6 +549,10 @@ impl Fs {
     /// [`Fs::renew_listing`]); failing that, a small directory is listed again (one
     /// query, like one get) so that the lookups that follow are answered from memory.
     async fn load_entry(&self, dir: u64, name: &[u8], fresh: bool) -> FsResult<Option<Entry>> {
+        if fresh || self.cache.entry(dir, name).answer().is_none() {
+            // The store must know this client's deferred creates before it is asked.
+            self.settle_creates_in(dir).await?;
+        }
         if !fresh {
             if let Some(answer) = self.cache.entry(dir, name).answer() {
                 return Ok(answer);
@@ -615,7 +647,7 @@ impl Fs {
     /// transaction. [`StoreError::Conflict`] if the directory no longer exists.
     async fn touch_dir_now(&self, dir: u64) -> FsResult<()> {
         let now = Timestamp::now();
-        self.store.write(tx::dir_touch(dir, now, 0)).await?;
+        self.store.write(tx::dir_touch(dir, now, 0, None)).await?;
         self.cache.touch_dir(dir, now, 0);
         self.held.superseded_times(dir);
         Ok(())

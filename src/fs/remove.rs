@@ -9,6 +9,7 @@ use crate::store::Table;
 impl Fs {
     /// Whether directory `dir` has no entries.
     pub(super) async fn dir_is_empty(&self, dir: u64) -> FsResult<bool> {
+        self.settle_creates_in(dir).await?;
         let page = self
             .store
             .query(Table::Meta, &keys::entries_partition(dir), None, 1)
@@ -35,6 +36,7 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         check_name(name)?;
+        self.settle_entry(parent, name).await?;
         // The first attempt may trust the cache: the entry must still point at the
         // inode, and the inode still be at the version we know, or the commit fails.
         self.optimistic(|fresh| async move {
@@ -48,7 +50,7 @@ impl Fs {
                 (false, true) => return Err(FsError::IsDir),
                 _ => {}
             }
-            self.load_dir(parent, fresh).await?;
+            let dir = self.load_dir(parent, fresh).await?;
             let inode = self.load_entry_target(&entry, fresh).await?;
             if is_dir {
                 let known_empty = !fresh && self.cache.empty_at(entry.ino) == Some(inode.ver);
@@ -61,7 +63,7 @@ impl Fs {
             tx.drop_link(&inode);
             // In a contended directory, a file's unlink touches the parent with a single
             // write beside the transaction (removing a name cannot make rmdir wrong).
-            let detached = !is_dir && self.cache.is_contended(parent);
+            let detached = !is_dir && self.may_detach(&dir);
             let committed = if detached {
                 let (committed, touched) = tokio::join!(self.commit(tx), self.touch_dir_now(parent));
                 if let Err(e) = touched {

@@ -47,6 +47,8 @@ impl Fs {
         self.check_writable()?;
         check_name(name)?;
         check_name(newname)?;
+        self.settle_entry(parent, name).await?;
+        self.settle_entry(newparent, newname).await?;
         self.optimistic(|fresh| async move {
             // The first attempt may trust the cache: every entry written is conditioned
             // on what it pointed at, and every inode on its version.

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use super::lease::{DirLeases, LeaseUse};
 use super::FsResult;
 use crate::keys;
 use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, Inode, Timestamp};
@@ -23,8 +24,15 @@ use crate::store::{Condition, Item, Store, StoreError, Value, WriteOp, VERSION_A
 const TRANSACTION_LIMIT: usize = 100;
 
 /// The atomic update of a directory whose entries change at `now`: times set, link
-/// count and version added to, conditioned only on the directory still existing.
-pub(super) fn dir_touch(dir: u64, now: Timestamp, nlink_delta: i64) -> WriteOp {
+/// count and version added to, conditioned on the directory still existing and on its
+/// lease as `lease` says (`None`: the lease is not this write's business, see
+/// `create.rs`).
+pub(super) fn dir_touch(
+    dir: u64,
+    now: Timestamp,
+    nlink_delta: i64,
+    lease: Option<&LeaseUse>,
+) -> WriteOp {
     let time = attribute(now);
     let mut set = Item::default();
     set.insert("mtime".into(), time.clone());
@@ -34,7 +42,15 @@ pub(super) fn dir_touch(dir: u64, now: Timestamp, nlink_delta: i64) -> WriteOp {
     } else {
         Vec::new()
     };
-    in_place_update(dir, set, add)
+    let Some(lease) = lease else {
+        return in_place_update(dir, set, add);
+    };
+    lease.set(&mut set);
+    let mut touch = in_place_update(dir, set, add);
+    if let WriteOp::Update { cond, .. } = &mut touch {
+        *cond = lease.condition();
+    }
+    touch
 }
 
 /// The atomic update of inode `ino` in place: `set` replaces attributes, `add` adds to
@@ -63,7 +79,7 @@ pub(super) fn points_at(ino: u64) -> Condition {
 enum InodeChange {
     Create(Inode),
     Update { read_ver: u64, inode: Inode },
-    Delete { read_ver: u64 },
+    Delete { read_ver: u64, dir: bool },
 }
 
 /// The changes of one metadata operation, built up and then committed together.
@@ -94,6 +110,8 @@ pub(super) struct Committed {
     pub(super) cleanups: Vec<Cleanup>,
     /// Whether the riders given to [`Tx::commit`] were written with it.
     pub(super) riders_written: bool,
+    /// Directories whose lease this client renewed, with the lease's new end.
+    pub(super) renewed: Vec<(u64, u64)>,
 }
 
 impl Tx {
@@ -209,6 +227,7 @@ impl Tx {
             inode.ino,
             InodeChange::Delete {
                 read_ver: inode.ver,
+                dir: inode.kind == FileKind::Dir,
             },
         );
     }
@@ -231,7 +250,30 @@ impl Tx {
         }
     }
 
-    fn ops(&self, session: Option<&str>) -> Vec<WriteOp> {
+    /// The directories whose names this transaction changes, and so whose lease it
+    /// renews or respects (see `lease.rs`).
+    pub(super) fn leased_dirs(&self) -> Vec<u64> {
+        let mut dirs: Vec<u64> = self.touched.keys().copied().collect();
+        for (ino, change) in &self.inodes {
+            match change {
+                InodeChange::Update { inode, .. } if inode.kind == FileKind::Dir => dirs.push(*ino),
+                InodeChange::Delete { dir: true, .. } => dirs.push(*ino),
+                _ => {}
+            }
+        }
+        dirs
+    }
+
+    fn ops(&self, session: Option<&str>, leases: &DirLeases) -> (Vec<WriteOp>, Vec<(u64, u64)>) {
+        let now_ms = super::session::now_ms();
+        let mut renewed = Vec::new();
+        let mut lease_of = |dir: u64| {
+            let lease = LeaseUse::of(leases, dir, session, now_ms);
+            if matches!(lease, LeaseUse::Renew { .. }) {
+                renewed.push((dir, lease.until()));
+            }
+            lease
+        };
         let mut ops = Vec::new();
         for (dir, name, entry, cond) in &self.entries {
             let key = keys::entry_key(*dir, name);
@@ -258,20 +300,35 @@ impl Tx {
                 InodeChange::Update { read_ver, inode } => {
                     let mut inode = inode.clone();
                     inode.ver = read_ver + 1;
+                    let versioned = Condition::VersionIs(*read_ver);
+                    let cond = if inode.kind == FileKind::Dir {
+                        let lease = lease_of(*ino);
+                        inode.lease_until = lease.until();
+                        Condition::All(vec![versioned, lease.condition()])
+                    } else {
+                        versioned
+                    };
                     WriteOp::Put {
                         key,
                         item: to_item(&inode),
-                        cond: Condition::VersionIs(*read_ver),
+                        cond,
                     }
                 }
-                InodeChange::Delete { read_ver } => WriteOp::Delete {
+                InodeChange::Delete { read_ver, dir } => WriteOp::Delete {
                     key,
-                    cond: Condition::VersionIs(*read_ver),
+                    cond: match dir {
+                        true => Condition::All(vec![
+                            Condition::VersionIs(*read_ver),
+                            lease_of(*ino).condition(),
+                        ]),
+                        false => Condition::VersionIs(*read_ver),
+                    },
                 },
             });
         }
         for (dir, nlink_delta) in &self.touched {
-            ops.push(dir_touch(*dir, self.now, *nlink_delta));
+            let lease = lease_of(*dir);
+            ops.push(dir_touch(*dir, self.now, *nlink_delta, Some(&lease)));
         }
         ops.extend(self.others.iter().cloned());
         for cleanup in &self.cleanups {
@@ -285,7 +342,7 @@ impl Tx {
                 cond: Condition::None,
             });
         }
-        ops
+        (ops, renewed)
     }
 
     /// Whether committing takes a transaction (more than one write), which other
@@ -318,9 +375,10 @@ impl Tx {
         self,
         store: &dyn Store,
         session: Option<&str>,
+        leases: &DirLeases,
         riders: Vec<WriteOp>,
     ) -> FsResult<Committed> {
-        let mut ops = self.ops(session);
+        let (mut ops, renewed) = self.ops(session, leases);
         let mut riders_written = false;
         if ops.len() > 1 && !riders.is_empty() && ops.len() + riders.len() <= TRANSACTION_LIMIT {
             let mut with = ops.clone();
@@ -349,6 +407,12 @@ impl Tx {
                     mut inode,
                 } => {
                     inode.ver = read_ver + 1;
+                    if inode.kind == FileKind::Dir {
+                        inode.lease_until = renewed
+                            .iter()
+                            .find(|(dir, _)| *dir == ino)
+                            .map_or(0, |(_, until)| *until);
+                    }
                     written.insert(ino, inode);
                 }
                 InodeChange::Delete { .. } => deleted.push(ino),
@@ -366,6 +430,7 @@ impl Tx {
             deleted,
             cleanups: self.cleanups,
             riders_written,
+            renewed,
         })
     }
 }

@@ -38,6 +38,7 @@ impl Fs {
         if name.starts_with(b"system.posix_acl_") {
             return Err(FsError::Unsupported);
         }
+        self.settle_create(ino).await?;
         let key = encode_name(name);
         self.optimistic(|fresh| {
             let key = key.clone();
@@ -93,6 +94,7 @@ impl Fs {
     /// Remove attribute `name` of `ino`.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        self.settle_create(ino).await?;
         let key = encode_name(name);
         self.optimistic(|fresh| {
             let key = key.clone();

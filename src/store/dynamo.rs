@@ -175,32 +175,89 @@ struct Expr {
 }
 
 fn condition_expr(table: Table, cond: &Condition) -> Expr {
-    let hash = key_schema(table)[0].0.to_string();
-    let (text, name, value) = match cond {
-        Condition::None => {
-            return Expr {
-                text: None,
-                names: None,
-                values: None,
-            }
-        }
-        Condition::Absent => ("attribute_not_exists(#k)", hash, None),
-        Condition::Present => ("attribute_exists(#k)", hash, None),
-        Condition::VersionIs(v) => (
-            "#k = :v",
-            VERSION_ATTR.to_string(),
-            Some(AttributeValue::N(v.to_string())),
-        ),
-        Condition::NumberIs(attr, v) => (
-            "#k = :v",
-            attr.to_string(),
-            Some(AttributeValue::N(v.to_string())),
-        ),
-    };
+    if *cond == Condition::None {
+        return Expr {
+            text: None,
+            names: None,
+            values: None,
+        };
+    }
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let text = condition_text(table, cond, &mut names, &mut values);
     Expr {
-        text: Some(text.to_string()),
-        names: Some(HashMap::from([("#k".to_string(), name)])),
-        values: value.map(|v| HashMap::from([(":v".to_string(), v)])),
+        text: Some(text),
+        names: Some(names),
+        values: (!values.is_empty()).then_some(values),
+    }
+}
+
+/// Placeholders for the attribute names and values of one condition expression.
+struct Placeholders<'a> {
+    names: &'a mut HashMap<String, String>,
+    values: &'a mut AttrMap,
+}
+
+impl Placeholders<'_> {
+    fn name(&mut self, attr: &str) -> String {
+        let placeholder = format!("#c{}", self.names.len());
+        self.names.insert(placeholder.clone(), attr.to_string());
+        placeholder
+    }
+
+    fn value(&mut self, value: AttributeValue) -> String {
+        let placeholder = format!(":c{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+
+    fn compare(&mut self, attr: &str, op: &str, n: u64) -> String {
+        format!(
+            "{} {op} {}",
+            self.name(attr),
+            self.value(AttributeValue::N(n.to_string()))
+        )
+    }
+}
+
+/// The expression text of `cond`, adding the names and values it uses as `#cN`/`:cN`.
+fn condition_text(
+    table: Table,
+    cond: &Condition,
+    names: &mut HashMap<String, String>,
+    values: &mut AttrMap,
+) -> String {
+    let hash = key_schema(table)[0].0;
+    let mut p = Placeholders { names, values };
+    match cond {
+        // Only met inside a list (at the top, no condition is no expression): true.
+        Condition::None => {
+            let k = p.name(hash);
+            format!("attribute_exists({k}) OR attribute_not_exists({k})")
+        }
+        Condition::Absent => format!("attribute_not_exists({})", p.name(hash)),
+        Condition::Present => format!("attribute_exists({})", p.name(hash)),
+        Condition::VersionIs(v) => p.compare(VERSION_ATTR, "=", *v),
+        Condition::NumberIs(attr, v) => p.compare(attr, "=", *v),
+        Condition::NumberBelow(attr, v) => p.compare(attr, "<", *v),
+        Condition::NumberAbove(attr, v) => p.compare(attr, ">", *v),
+        Condition::StringIs(attr, v) => {
+            let name = p.name(attr);
+            format!("{name} = {}", p.value(AttributeValue::S(v.clone())))
+        }
+        Condition::Lacks(attr) => format!("attribute_not_exists({})", p.name(attr)),
+        Condition::All(parts) | Condition::Any(parts) => {
+            let joint = if matches!(cond, Condition::All(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            parts
+                .iter()
+                .map(|c| format!("({})", condition_text(table, c, p.names, p.values)))
+                .collect::<Vec<_>>()
+                .join(joint)
+        }
     }
 }
 

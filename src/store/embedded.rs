@@ -335,6 +335,18 @@ fn holds(cond: &Condition, current: Option<&Item>) -> bool {
         Condition::Present => current.is_some(),
         Condition::VersionIs(v) => current.and_then(|i| number_of(i, VERSION_ATTR)) == Some(*v),
         Condition::NumberIs(attr, v) => current.and_then(|i| number_of(i, attr)) == Some(*v),
+        Condition::NumberBelow(attr, v) => current
+            .and_then(|i| number_of(i, attr))
+            .is_some_and(|n| n < *v),
+        Condition::NumberAbove(attr, v) => current
+            .and_then(|i| number_of(i, attr))
+            .is_some_and(|n| n > *v),
+        Condition::StringIs(attr, v) => {
+            matches!(current.and_then(|i| i.get(*attr)), Some(Value::S(s)) if s == v)
+        }
+        Condition::Lacks(attr) => current.is_none_or(|i| !i.contains_key(*attr)),
+        Condition::All(all) => all.iter().all(|c| holds(c, current)),
+        Condition::Any(any) => any.iter().any(|c| holds(c, current)),
     }
 }
 

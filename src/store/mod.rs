@@ -143,6 +143,18 @@ pub enum Condition {
     VersionIs(u64),
     /// The item must exist with this numeric attribute equal to this value.
     NumberIs(&'static str, u64),
+    /// The item must exist with this numeric attribute below this value.
+    NumberBelow(&'static str, u64),
+    /// The item must exist with this numeric attribute above this value.
+    NumberAbove(&'static str, u64),
+    /// The item must exist with this string attribute equal to this value.
+    StringIs(&'static str, String),
+    /// The attribute must be missing (as it is from an item that does not exist).
+    Lacks(&'static str),
+    /// Every one of these must hold.
+    All(Vec<Condition>),
+    /// At least one of these must hold.
+    Any(Vec<Condition>),
 }
 
 /// One write, alone or inside a transaction.

@@ -1,0 +1,198 @@
+//! Directory leases (filesystem layer, no FUSE), on DynamoDB Local through the
+//! simulator with its conflicts on: in a directory it made, a client creates a file
+//! with one request in all (the create rides on the file's flush); another client's
+//! create there waits for the lease, recalls it, and exclusivity still holds; a name
+//! taken while the holder was cut off is EIO at close, never two winners; sync and
+//! other clients' reads see deferred creates.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamofs::fs::{Caller, Fs, FsConfig, FsError};
+use dynamofs::keys::{self, ROOT_INO};
+use dynamofs::records::{from_item, to_item, Entry, FileKind, Inode};
+use dynamofs::simulator::{SimConfig, Simulator};
+use dynamofs::store::dynamo::DynamoStore;
+use dynamofs::store::{Condition, Store, WriteOp};
+
+const ME: Caller = Caller::ROOT;
+const CREATE: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+
+fn simulator() -> Simulator {
+    let config = SimConfig {
+        latency: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    Simulator::start(common::dynamo_local().addr(), config).unwrap()
+}
+
+/// A client of `table` through `sim`, with a session and its deferred creates
+/// committed in time, as a mount has them.
+async fn client(sim: &Simulator, table: &str) -> (Arc<Fs>, Arc<dyn Store>) {
+    let mut config = common::dynamo_config(table);
+    config.endpoint = Some(sim.endpoint());
+    let store: Arc<dyn Store> = Arc::new(DynamoStore::connect(&config).await.unwrap());
+    let fs = Arc::new(Fs::new(store.clone(), FsConfig::default()).await.unwrap());
+    fs.register_session("/lease-test", Duration::from_secs(60))
+        .await
+        .unwrap();
+    fs.spawn_create_settler(&tokio::runtime::Handle::current());
+    (fs, store)
+}
+
+/// Create `name` in `dir` with `content`, and close it.
+async fn write_file(fs: &Fs, dir: u64, name: &str, content: &[u8]) -> Result<(), FsError> {
+    let (_, opened) = fs.create(ME, dir, name.as_bytes(), 0o644, CREATE).await?;
+    fs.write(opened.fh, 0, content).await?;
+    fs.release(opened.fh).await
+}
+
+async fn read_file(fs: &Fs, dir: u64, name: &str) -> Vec<u8> {
+    let inode = fs.lookup(dir, name.as_bytes()).await.unwrap();
+    let opened = fs.open(ME, inode.ino, libc::O_RDONLY).await.unwrap();
+    let data = fs.read(opened.fh, 0, 1 << 20).await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_file_in_a_leased_directory_costs_one_request() {
+    let sim = simulator();
+    let table = common::unique_table("Lease");
+    let (a, _) = client(&sim, &table).await;
+    let (b, _) = client(&sim, &table).await;
+    let dir = a.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap().ino;
+
+    let files = 20;
+    let before = sim.counts();
+    for i in 0..files {
+        write_file(&a, dir, &format!("f{i}"), format!("content {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let spent = sim.counts().since(&before);
+    print!("{spent}");
+    assert_eq!(
+        spent.requests(),
+        files,
+        "one transaction per file: the create goes with its flush"
+    );
+    // Visible to another client once closed, content and all.
+    for i in 0..files {
+        assert_eq!(
+            read_file(&b, dir, &format!("f{i}")).await,
+            format!("content {i}").as_bytes()
+        );
+    }
+    // The holder's own view: a second create of a taken name fails.
+    assert!(matches!(
+        a.create(ME, dir, b"f0", 0o644, CREATE).await,
+        Err(FsError::Exists)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_client_waits_for_the_lease_and_one_create_wins() {
+    let sim = simulator();
+    let table = common::unique_table("Lease");
+    let (a, _) = client(&sim, &table).await;
+    let (b, _) = client(&sim, &table).await;
+    let dir = a.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap().ino;
+
+    // A answers the create at once and holds the file open; B asks for the same name.
+    let (_, held) = a.create(ME, dir, b"x", 0o644, CREATE).await.unwrap();
+    a.write(held.fh, 0, b"from a").await.unwrap();
+    let started = Instant::now();
+    let lost = b.mknod(ME, dir, b"x", libc::S_IFREG | 0o644, 0).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(lost, Err(FsError::Exists)),
+        "B must see A's name: {lost:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "B waited {waited:?} for the lease"
+    );
+    // The lease is given up: B's other names go in at once, and A's next create is
+    // an ordinary one.
+    let started = Instant::now();
+    write_file(&b, dir, "y", b"from b").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    write_file(&a, dir, "z", b"from a again").await.unwrap();
+    a.release(held.fh).await.unwrap();
+    assert_eq!(read_file(&b, dir, "x").await, b"from a");
+    // A's listing, last confirmed under its lease, is trusted for the entry TTL.
+    tokio::time::sleep(FsConfig::default().entry_ttl).await;
+    assert_eq!(read_file(&a, dir, "y").await, b"from b");
+    assert_eq!(read_file(&b, dir, "z").await, b"from a again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_taken_while_the_holder_was_cut_off_fails_its_close() {
+    let sim = simulator();
+    let table = common::unique_table("Lease");
+    let (a, store) = client(&sim, &table).await;
+    let dir = a.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap().ino;
+    let (mine, opened) = a.create(ME, dir, b"x", 0o644, CREATE).await.unwrap();
+    a.write(opened.fh, 0, b"lost").await.unwrap();
+    // What another client could do had A's lease run out while A could not reach
+    // DynamoDB: the name is taken behind A's back.
+    let other = Entry {
+        ino: 999_999,
+        kind: FileKind::File,
+    };
+    let theirs = Inode {
+        ino: other.ino,
+        ..mine.clone()
+    };
+    let taken = vec![
+        WriteOp::Put {
+            key: keys::entry_key(dir, b"x"),
+            item: to_item(&other),
+            cond: Condition::Absent,
+        },
+        WriteOp::Put {
+            key: keys::inode_key(other.ino),
+            item: to_item(&theirs),
+            cond: Condition::Absent,
+        },
+    ];
+    store.transact(taken).await.unwrap();
+    let closed = a.release(opened.fh).await;
+    assert!(matches!(closed, Err(FsError::NameLost)), "{closed:?}");
+    assert_eq!(FsError::NameLost.errno(), libc::EIO);
+    // The name is the other client's; A's own cache does not claim it any more.
+    let stored = store.get(&keys::entry_key(dir, b"x")).await.unwrap();
+    assert_eq!(from_item::<Entry>(stored.unwrap()).unwrap(), other);
+    let fh = a.opendir(dir).await.unwrap();
+    let entries = a.readdir(dir, fh, 0).await.unwrap();
+    assert!(
+        entries.iter().any(|e| e.name == b"x" && e.ino == 999_999),
+        "{entries:?}"
+    );
+    assert_eq!(a.lookup(dir, b"x").await.unwrap().ino, other.ino);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_and_other_readers_see_a_deferred_create() {
+    let sim = simulator();
+    let table = common::unique_table("Lease");
+    let (a, _) = client(&sim, &table).await;
+    let (b, _) = client(&sim, &table).await;
+    let dir = a.mkdir(ME, ROOT_INO, b"d", 0o755).await.unwrap().ino;
+    let (_, opened) = a.create(ME, dir, b"open", 0o644, CREATE).await.unwrap();
+    a.sync().await.unwrap();
+    assert!(b.lookup(dir, b"open").await.is_ok(), "sync commits it");
+
+    // Left open and idle, a create is committed within the deferral limit anyway.
+    let (_, idle) = a.create(ME, dir, b"idle", 0o644, CREATE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        b.lookup(dir, b"idle").await.is_ok(),
+        "committed by the settler"
+    );
+    a.release(opened.fh).await.unwrap();
+    a.release(idle.fh).await.unwrap();
+}
