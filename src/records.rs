@@ -12,8 +12,9 @@ use crate::store::{Item, StoreError};
 
 /// The on-disk format this build reads and writes. Format 3 added doomed inodes and
 /// the open files listed in session records (see `fs/gc.rs`); format 4, compressed
-/// blocks and inline data (see [`crate::compression`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// blocks and inline data (see [`crate::compression`]); format 5, directory leases
+/// (see `fs/lease.rs`).
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The filesystem-wide record written once, when the tables are first formatted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -761,17 +761,25 @@ async fn small_files_live_inline_and_move_when_they_grow_or_shrink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_formats_are_upgraded_on_mount() {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         let store = common::dynamo_store("Upgrade").await;
         let old = Format {
             version,
             block_size: 256 * 1024,
             stripes: 16,
-            compression: Compression::None,
+            compression: Compression::Lz4,
         };
         let mut item = to_item(&old);
-        // Records before format 4 have no codec: their data is raw.
-        item.remove("compression");
+        // Records before format 4 have no codec: their data is raw, and the upgrade
+        // gives them the default. A format 4 record keeps its own.
+        if version < 4 {
+            item.remove("compression");
+        }
+        let expected = if version < 4 {
+            Compression::Zstd
+        } else {
+            Compression::Lz4
+        };
         store
             .write(WriteOp::Put {
                 key: keys::format_key(),
@@ -786,7 +794,7 @@ async fn older_formats_are_upgraded_on_mount() {
         let stored = dynamofs::records::from_item::<Format>(stored).unwrap();
         assert_eq!(
             (stored.version, stored.compression),
-            (FORMAT_VERSION, Compression::Zstd)
+            (FORMAT_VERSION, expected)
         );
     }
 }

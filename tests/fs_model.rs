@@ -312,16 +312,27 @@ async fn snapshot_dynamofs(fs: &Fs, dir: u64, prefix: &str, out: &mut BTreeMap<S
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
+    /// Twice: as a bare filesystem, and as a mount has it, with a session and so
+    /// with the leases of the directories it makes, whose creates are deferred.
     #[test]
-    fn dynamofs_behaves_like_a_local_directory(ops in prop::collection::vec(op(), 1..40)) {
+    fn dynamofs_behaves_like_a_local_directory(
+        ops in prop::collection::vec(op(), 1..40),
+        leased in any::<bool>(),
+    ) {
         let reference = tempfile::tempdir().unwrap();
         let storage = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let store = Arc::new(EmbeddedStore::open(&storage.path().join("fs.db")).unwrap());
-            let fs = Fs::new(store, FsConfig::default()).await.unwrap();
+            let fs = Arc::new(Fs::new(store, FsConfig::default()).await.unwrap());
+            if leased {
+                fs.register_session("/model", std::time::Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                fs.spawn_create_settler(&tokio::runtime::Handle::current());
+            }
             for (i, op) in ops.iter().enumerate() {
                 let expected = apply_reference(reference.path(), op);
                 let actual = apply_dynamofs(&fs, op).await;

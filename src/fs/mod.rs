@@ -215,8 +215,8 @@ impl Fs {
         };
         let format = match format.version {
             FORMAT_VERSION => format,
-            1..=3 if config.read_only => format,
-            1..=3 => Self::upgrade_format(store.as_ref(), format, &config).await?,
+            1..=4 if config.read_only => format,
+            1..=4 => Self::upgrade_format(store.as_ref(), format, &config).await?,
             other => {
                 return Err(StoreError::fatal(format!(
                     "the tables hold dynamofs format version {other}, but this build reads versions 1 to {FORMAT_VERSION}: \
@@ -283,16 +283,21 @@ impl Fs {
     }
 
     /// Each format adds to the one before: format 1 lacks inline data, format 2 doomed
-    /// files and the open files in session records, format 3 compressed data, so every
-    /// older table is a valid format 4 table. Mark it as format 4, with the codec new
-    /// data is written with, so that older clients, which would neither see inline data
-    /// nor keep a file open elsewhere alive nor read compressed blocks, refuse to mount
-    /// it from now on. (Clients of the older format still mounted are not stopped:
-    /// unmount them before mounting with a newer release.)
+    /// files and the open files in session records, format 3 compressed data, format 4
+    /// directory leases, so every older table is a valid format 5 table. Mark it as
+    /// format 5 (with, from before format 4, the codec new data is written with), so
+    /// that older clients, which would neither see inline data nor keep a file open
+    /// elsewhere alive nor read compressed blocks nor respect a directory's lease,
+    /// refuse to mount it from now on. (Clients of the older format still mounted are
+    /// not stopped: unmount them before mounting with a newer release.)
     async fn upgrade_format(store: &dyn Store, old: Format, config: &FsConfig) -> FsResult<Format> {
+        let compression = match old.version {
+            4.. => old.compression,
+            _ => config.compression.unwrap_or_default(),
+        };
         let new = Format {
             version: FORMAT_VERSION,
-            compression: config.compression.unwrap_or_default(),
+            compression,
             ..old
         };
         let put = WriteOp::Put {
