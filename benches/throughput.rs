@@ -144,6 +144,9 @@ impl InProcess {
             ..mount::fs_config(&options)
         };
         let fs = rt.block_on(Fs::new(store, config)).unwrap();
+        // A session, as a mount registers: directory leases (and locks) need one.
+        rt.block_on(fs.register_session("bench", options.heartbeat))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let session = mount::start_session(
             Arc::new(fs),

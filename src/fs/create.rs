@@ -35,26 +35,16 @@ fn new_inode(caller: Caller, ino: u64, dir: &Inode, node: &NewNode<'_>, now: Tim
     if setgid && is_dir {
         mode |= libc::S_ISGID;
     }
+    let owner = (caller.uid, if setgid { dir.gid } else { caller.gid });
     Inode {
-        ino,
         kind: node.kind,
         mode,
-        uid: caller.uid,
-        gid: if setgid { dir.gid } else { caller.gid },
         size: node.target.len() as u64,
         nlink: if is_dir { 2 } else { 1 },
-        atime: now,
-        mtime: now,
-        ctime: now,
         rdev: node.rdev,
         parent: if is_dir { dir.ino } else { 0 },
         target: node.target.to_vec(),
-        xattrs: Default::default(),
-        inline: false,
-        lease_by: String::new(),
-        lease_until: 0,
-        lease_recall: false,
-        ver: 1,
+        ..Inode::empty_dir(ino, dir.ino, owner, now)
     }
 }
 

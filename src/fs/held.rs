@@ -355,25 +355,11 @@ mod tests {
     fn inode() -> Inode {
         let t = Timestamp { s: 1, n: 0 };
         Inode {
-            ino: 5,
             kind: FileKind::File,
             mode: 0o600,
-            uid: 1,
-            gid: 1,
-            size: 0,
             nlink: 1,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            rdev: 0,
             parent: 0,
-            target: Vec::new(),
-            xattrs: Default::default(),
-            inline: false,
-            lease_by: String::new(),
-            lease_until: 0,
-            lease_recall: false,
-            ver: 1,
+            ..Inode::empty_dir(5, 1, (1, 1), t)
         }
     }
 
