@@ -81,19 +81,7 @@ impl Fs {
                         lease::grant(&mut inode, me, now_ms());
                     }
                     let mut tx = Tx::new();
-                    tx.put_entry(
-                        parent,
-                        name,
-                        Entry {
-                            ino,
-                            kind: node.kind,
-                        },
-                        Condition::Absent,
-                    );
-                    tx.create(inode.clone());
-                    if !detached {
-                        tx.touch_dir(parent, if is_dir { 1 } else { 0 });
-                    }
+                    tx.create_named(parent, name, inode.clone(), detached);
                     match self.commit(tx).await {
                         Err(e)
                             if e.is_conflict()

@@ -24,7 +24,7 @@ use super::prefetch::{Fetch, ReadAhead};
 use super::tx::Tx;
 use super::{Caller, Fs, FsError, FsResult, Handle};
 use crate::keys;
-use crate::records::{Cleanup, Entry, FileKind, Inode, Timestamp};
+use crate::records::{Cleanup, FileKind, Inode, Timestamp};
 use crate::store::{Condition, StoreError, WriteOp};
 
 /// Clean blocks kept per open file.
@@ -91,13 +91,7 @@ impl DeferredCreate {
     /// Add the create of `inode` to `tx`: the entry, on the condition that the name is
     /// free, the inode, and the directory's touch (which renews the lease).
     fn add_to(&self, tx: &mut Tx, inode: &Inode) {
-        let entry = Entry {
-            ino: inode.ino,
-            kind: FileKind::File,
-        };
-        tx.put_entry(self.parent, &self.name, entry, Condition::Absent);
-        tx.create(inode.clone());
-        tx.touch_dir(self.parent, 0);
+        tx.create_named(self.parent, &self.name, inode.clone(), false);
     }
 }
 

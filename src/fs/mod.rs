@@ -431,7 +431,9 @@ impl Fs {
             Ok(done) => done,
             Err(e) => {
                 riders.into_iter().for_each(held::Taken::give_back);
-                if e.is_conflict() {
+                // Only a failed condition can be a lease; a transaction that merely
+                // overlapped another one keeps this client's leases.
+                if matches!(e, FsError::Store(StoreError::Conflict)) {
                     self.after_lease_conflict(&dirs).await?;
                 }
                 return Err(e);
@@ -453,11 +455,7 @@ impl Fs {
             self.cache_entry(*dir, name, *entry);
         }
         for (dir, nlink_delta) in &done.touched {
-            let until = done
-                .renewed
-                .iter()
-                .find(|(renewed, _)| renewed == dir)
-                .map_or(0, |(_, until)| *until);
+            let until = done.renewed.get(dir).copied().unwrap_or(0);
             self.cache.updated_in_place(*dir, |inode| {
                 inode.touch(done.now, *nlink_delta);
                 inode.lease_until = until;

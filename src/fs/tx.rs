@@ -111,7 +111,7 @@ pub(super) struct Committed {
     /// Whether the riders given to [`Tx::commit`] were written with it.
     pub(super) riders_written: bool,
     /// Directories whose lease this client renewed, with the lease's new end.
-    pub(super) renewed: Vec<(u64, u64)>,
+    pub(super) renewed: BTreeMap<u64, u64>,
 }
 
 impl Tx {
@@ -179,6 +179,22 @@ impl Tx {
     /// Create a new inode (the transaction fails if its number is taken).
     pub(super) fn create(&mut self, inode: Inode) {
         self.inodes.insert(inode.ino, InodeChange::Create(inode));
+    }
+
+    /// Create `inode` as `dir/name`, on the condition that the name is free, and
+    /// touch `dir` (with the link a subdirectory brings) unless the create is
+    /// `detached` from its directory's record (see `create.rs`).
+    pub(super) fn create_named(&mut self, dir: u64, name: &[u8], inode: Inode, detached: bool) {
+        let entry = Entry {
+            ino: inode.ino,
+            kind: inode.kind,
+        };
+        let nlink_delta = i64::from(inode.kind == FileKind::Dir);
+        self.put_entry(dir, name, entry, Condition::Absent);
+        self.create(inode);
+        if !detached {
+            self.touch_dir(dir, nlink_delta);
+        }
     }
 
     /// Point `dir/name` at `entry`, under `cond` (Absent for an exclusive create).
@@ -264,13 +280,13 @@ impl Tx {
         dirs
     }
 
-    fn ops(&self, session: Option<&str>, leases: &DirLeases) -> (Vec<WriteOp>, Vec<(u64, u64)>) {
+    fn ops(&self, session: Option<&str>, leases: &DirLeases) -> (Vec<WriteOp>, BTreeMap<u64, u64>) {
         let now_ms = super::session::now_ms();
-        let mut renewed = Vec::new();
+        let mut renewed = BTreeMap::new();
         let mut lease_of = |dir: u64| {
             let lease = LeaseUse::of(leases, dir, session, now_ms);
             if matches!(lease, LeaseUse::Renew { .. }) {
-                renewed.push((dir, lease.until()));
+                renewed.insert(dir, lease.until());
             }
             lease
         };
@@ -408,10 +424,7 @@ impl Tx {
                 } => {
                     inode.ver = read_ver + 1;
                     if inode.kind == FileKind::Dir {
-                        inode.lease_until = renewed
-                            .iter()
-                            .find(|(dir, _)| *dir == ino)
-                            .map_or(0, |(_, until)| *until);
+                        inode.lease_until = renewed.get(&ino).copied().unwrap_or(0);
                     }
                     written.insert(ino, inode);
                 }
