@@ -50,6 +50,8 @@ struct Tally {
     requests: f64,
     read_units: f64,
     write_units: f64,
+    /// Seconds DynamoDB Local took to answer (the simulator's added latency excluded).
+    upstream_secs: f64,
 }
 
 enum Meter {
@@ -66,6 +68,7 @@ impl Meter {
                     requests: c.requests() as f64,
                     read_units: c.read_units(),
                     write_units: c.write_units(),
+                    upstream_secs: c.upstream_seconds(),
                 }
             }
             Meter::Embedded(store) => Tally {
@@ -93,6 +96,11 @@ impl Measured {
             self.cost.write_units / self.units,
         )
     }
+
+    /// Milliseconds per unit that DynamoDB Local itself took to answer.
+    fn upstream_ms_per_unit(&self) -> f64 {
+        self.cost.upstream_secs * 1000.0 / self.units
+    }
 }
 
 fn measure(meter: &Meter, units: usize, work: impl FnOnce()) -> Measured {
@@ -108,6 +116,7 @@ fn measure(meter: &Meter, units: usize, work: impl FnOnce()) -> Measured {
             requests: after.requests - before.requests,
             read_units: after.read_units - before.read_units,
             write_units: after.write_units - before.write_units,
+            upstream_secs: after.upstream_secs - before.upstream_secs,
         },
     }
 }
@@ -816,14 +825,16 @@ fn codec_comparison(tree: &Tree) {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| workload | backend | dynamofs | req/unit | RCU/unit | WCU/unit | raw store | raw req/unit | raw RCU/unit | raw WCU/unit | unit |"
+        "\n| workload | backend | dynamofs | req/unit | RCU/unit | WCU/unit | local ms/unit | raw store | raw req/unit | raw RCU/unit | raw WCU/unit | raw local ms/unit | unit |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (rate, req, rcu, wcu) = r.fs.per_unit();
+        let local = r.fs.upstream_ms_per_unit();
         let (raw_rate, raw_req, raw_rcu, raw_wcu) = r.raw.per_unit();
+        let raw_local = r.raw.upstream_ms_per_unit();
         println!(
-            "| {} | {} | {rate:.1} | {req:.2} | {rcu:.2} | {wcu:.2} | {raw_rate:.1} | {raw_req:.2} | {raw_rcu:.2} | {raw_wcu:.2} | {} |",
+            "| {} | {} | {rate:.1} | {req:.2} | {rcu:.2} | {wcu:.2} | {local:.2} | {raw_rate:.1} | {raw_req:.2} | {raw_rcu:.2} | {raw_wcu:.2} | {raw_local:.2} | {} |",
             r.workload, r.backend, r.unit
         );
     }

@@ -86,6 +86,9 @@ pub struct ActionCounts {
     pub throttles: u64,
     /// Requests answered with an injected fault.
     pub faults: u64,
+    /// Time DynamoDB Local took to answer the forwarded requests (not the added
+    /// latency): what the service itself costs on this machine.
+    pub upstream_seconds: f64,
 }
 
 impl ActionCounts {
@@ -97,6 +100,7 @@ impl ActionCounts {
             conflicts: self.conflicts - earlier.conflicts,
             throttles: self.throttles - earlier.throttles,
             faults: self.faults - earlier.faults,
+            upstream_seconds: self.upstream_seconds - earlier.upstream_seconds,
         }
     }
 }
@@ -148,6 +152,11 @@ impl SimCounts {
         self.sum(|a| a.faults as f64) as u64
     }
 
+    /// Time DynamoDB Local spent answering, in seconds.
+    pub fn upstream_seconds(&self) -> f64 {
+        self.sum(|a| a.upstream_seconds)
+    }
+
     /// What happened since `earlier` (a snapshot of the same simulator).
     pub fn since(&self, earlier: &SimCounts) -> SimCounts {
         let by_action = self
@@ -167,14 +176,27 @@ impl std::fmt::Display for SimCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:<20} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7}",
-            "action", "requests", "read CU", "write CU", "conflicts", "throttles", "faults"
+            "{:<20} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>12}",
+            "action",
+            "requests",
+            "read CU",
+            "write CU",
+            "conflicts",
+            "throttles",
+            "faults",
+            "upstream ms"
         )?;
         for (action, c) in &self.by_action {
             writeln!(
                 f,
-                "{action:<20} {:>9} {:>10.0} {:>10.0} {:>9} {:>9} {:>7}",
-                c.requests, c.read_units, c.write_units, c.conflicts, c.throttles, c.faults
+                "{action:<20} {:>9} {:>10.0} {:>10.0} {:>9} {:>9} {:>7} {:>12.0}",
+                c.requests,
+                c.read_units,
+                c.write_units,
+                c.conflicts,
+                c.throttles,
+                c.faults,
+                c.upstream_seconds * 1000.0
             )?;
         }
         Ok(())
@@ -376,7 +398,10 @@ impl Shared {
                 return Some(answer);
             }
         };
+        let forwarded = Instant::now();
         let response = self.forward(head, body, upstream);
+        let upstream_seconds = forwarded.elapsed().as_secs_f64();
+        self.count(action, |c| c.upstream_seconds += upstream_seconds);
         // The rest of the latency is spent inside the service, still holding the items.
         std::thread::sleep(half);
         self.release(&held);
