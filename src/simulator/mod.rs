@@ -1,6 +1,7 @@
 //! The DynamoDB-faithful simulator: a loopback HTTP proxy in front of DynamoDB Local
 //! that adds what DynamoDB Local hides — latency, transaction conflicts, per-partition
-//! throttling — and counts requests and capacity units by action.
+//! throttling — and counts requests, capacity units and the time DynamoDB Local took
+//! to answer, by action.
 //!
 //! A proxy rather than a [`crate::store::Store`] wrapper, because the things it must
 //! see happen *between* clients: two mount processes whose transactions overlap on one
