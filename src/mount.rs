@@ -234,7 +234,7 @@ pub fn daemonize(logfile: Option<&Path>) -> io::Result<Readiness> {
 
 /// Block the termination signals in this thread and all threads started after it,
 /// and return a closure that waits for one of them.
-fn block_termination_signals() -> impl FnOnce() -> i32 {
+fn block_termination_signals() -> impl Fn() -> i32 {
     // SAFETY: sigset manipulation on a local set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -251,6 +251,27 @@ fn block_termination_signals() -> impl FnOnce() -> i32 {
         unsafe { libc::sigwait(&set, &mut sig) };
         sig
     }
+}
+
+/// The first termination signal unmounts `mountpoint`, after which the daemon ends
+/// its session (commits what it holds back, removes its record and locks) and exits.
+/// A signal once it is unmounted, as when that ending waits on a DynamoDB that stopped
+/// answering, exits at once: the session's locks then lapse with its lease.
+fn stop_on_signals(mountpoint: &Path, wait_for_signal: impl Fn() -> i32) {
+    let mut sig = wait_for_signal();
+    if matches!(mounted_type(mountpoint), Ok(Some(t)) if t == FS_TYPE) {
+        tracing::info!(signal = sig, "unmounting on signal");
+        if let Err(e) = unmount(mountpoint) {
+            tracing::error!(error = %e, "cannot unmount {}", mountpoint.display());
+        }
+        sig = wait_for_signal();
+    }
+    tracing::warn!(
+        signal = sig,
+        "exiting before the session ended: what it had not yet committed is lost, \
+         and its locks are released when its lease runs out"
+    );
+    std::process::exit(1);
 }
 
 /// Mount and serve until unmounted. Returns the process exit code.
@@ -381,7 +402,7 @@ fn serve(
     options: &MountOptions,
     mountpoint: &Path,
     readiness: &mut Readiness,
-    wait_for_signal: impl FnOnce() -> i32 + Send + 'static,
+    wait_for_signal: impl Fn() -> i32 + Send + 'static,
 ) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -417,13 +438,7 @@ fn serve(
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
     readiness.ready();
     let target = mountpoint.to_path_buf();
-    std::thread::spawn(move || {
-        let sig = wait_for_signal();
-        tracing::info!(signal = sig, "unmounting on signal");
-        if let Err(e) = unmount(&target) {
-            tracing::error!(error = %e, "cannot unmount {}", target.display());
-        }
-    });
+    std::thread::spawn(move || stop_on_signals(&target, wait_for_signal));
     let result = session.run();
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();

@@ -9,11 +9,9 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
 
-use common::{dynamo_local, mount_table, sh, tarball_of, tokio_source, unique_table};
+use common::{mount_table, sh, tarball_of, tokio_source, unique_table};
 use dynamofs::keys;
-use dynamofs::simulator::{SimConfig, Simulator};
 use dynamofs::store::{Key, Store, Value};
 
 /// Bytes stored for the files under `dir` of a mount of `table`: the `d` attribute of
@@ -55,14 +53,7 @@ fn stored_bytes(table: &str, dir: &Path) -> u64 {
 
 #[test]
 fn a_compressed_tree_stores_and_bills_less_and_every_codec_reads_every_other() {
-    let sim = Simulator::start(
-        dynamo_local().addr(),
-        SimConfig {
-            latency: Duration::ZERO,
-            ..SimConfig::default()
-        },
-    )
-    .unwrap();
+    let sim = common::simulator_without_latency();
     let tree = tokio_source();
     let name = tree.file_name().unwrap().to_string_lossy().into_owned();
     let work = tempfile::tempdir().unwrap();

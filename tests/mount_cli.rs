@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -137,6 +137,56 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(!is_dynamofs_mount(dir.path()));
+}
+
+#[test]
+fn a_signal_stops_a_mount_whose_dynamodb_stopped_answering() {
+    let sim = common::simulator_without_latency();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(dynamofs_bin())
+        .args(["mount", &format!("aws:us-east-1/{}", unique_table("Gone"))])
+        .arg(dir.path())
+        .args(["-f", "-o", &format!("endpoint={}", sim.endpoint())])
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !is_dynamofs_mount(dir.path()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no mount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(dir.path().join("f"), b"x").unwrap();
+    // From now on every request fails, and each is retried for the default 30 s.
+    sim.configure(|c| c.fault_every = 1);
+    assert!(Command::new("umount")
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon should still be trying to end its session"
+    );
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "SIGTERM did not stop the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("exiting before the session ended"), "{log}");
 }
 
 /// Messages are for people: no Rust debug dump of an SDK error in them.

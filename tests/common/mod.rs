@@ -125,6 +125,16 @@ pub fn dynamo_local() -> &'static DynamoLocal {
     })
 }
 
+/// The simulator in front of [`dynamo_local`], with its conflicts and throttling but
+/// no added latency: for tests that count requests or inject faults, not wait.
+pub fn simulator_without_latency() -> dynamofs::simulator::Simulator {
+    let config = dynamofs::simulator::SimConfig {
+        latency: Duration::ZERO,
+        ..dynamofs::simulator::SimConfig::default()
+    };
+    dynamofs::simulator::Simulator::start(dynamo_local().addr(), config).unwrap()
+}
+
 /// DynamoDB Local checks the shape of credentials, not their value.
 pub fn set_fake_credentials() {
     // SAFETY: called before the test starts any thread that reads the environment.
