@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::{MountArgs, MountOptions};
 use crate::fs::{Fs, FsConfig};
@@ -253,10 +254,16 @@ fn block_termination_signals() -> impl Fn() -> i32 {
     }
 }
 
+/// How long a signal after the unmount lets the daemon go on ending its session
+/// before it exits regardless: ample for the held-back changes and the session's
+/// removal against a DynamoDB that answers (garbage collection stops after 5 s).
+const ENDING_GRACE: Duration = Duration::from_secs(10);
+
 /// The first termination signal unmounts `mountpoint`, after which the daemon ends
 /// its session (commits what it holds back, removes its record and locks) and exits.
 /// A signal once it is unmounted, as when that ending waits on a DynamoDB that stopped
-/// answering, exits at once: the session's locks then lapse with its lease.
+/// answering, gives the ending [`ENDING_GRACE`] more and then exits: the session's
+/// locks then lapse with its lease.
 fn stop_on_signals(mountpoint: &Path, wait_for_signal: impl Fn() -> i32) {
     let mut sig = wait_for_signal();
     if matches!(mounted_type(mountpoint), Ok(Some(t)) if t == FS_TYPE) {
@@ -266,8 +273,13 @@ fn stop_on_signals(mountpoint: &Path, wait_for_signal: impl Fn() -> i32) {
         }
         sig = wait_for_signal();
     }
-    tracing::warn!(
+    tracing::info!(
         signal = sig,
+        "ending the session for at most {} s more",
+        ENDING_GRACE.as_secs()
+    );
+    std::thread::sleep(ENDING_GRACE);
+    tracing::warn!(
         "exiting before the session ended: what it had not yet committed is lost, \
          and its locks are released when its lease runs out"
     );
@@ -444,6 +456,6 @@ fn serve(
         heartbeat.abort();
     }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "unmounted");
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    rt.shutdown_timeout(Duration::from_secs(5));
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
