@@ -116,6 +116,18 @@ fn mount_t_fuse_dynamo_fstab_and_both_unmounts() {
     let _ = fs::remove_file(HELPER);
 }
 
+/// Wait (at most 30 s) until a foreground mount started on `dir` is live.
+fn wait_for_foreground_mount(dir: &Path) {
+    let started = Instant::now();
+    while !is_dynamofs_mount(dir) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "foreground mount did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn foreground_mount_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,14 +135,7 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
         .arg("-f")
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while !is_dynamofs_mount(dir.path()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "foreground mount did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_foreground_mount(dir.path());
     fs::write(dir.path().join("f"), b"x").unwrap();
     // SAFETY: plain kill(2) of our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -152,11 +157,7 @@ fn a_signal_stops_a_mount_whose_dynamodb_stopped_answering() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while !is_dynamofs_mount(dir.path()) {
-        assert!(started.elapsed() < Duration::from_secs(30), "no mount");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_foreground_mount(dir.path());
     fs::write(dir.path().join("f"), b"x").unwrap();
     // From now on every request fails, and each is retried for the default 30 s.
     sim.configure(|c| c.fault_every = 1);
