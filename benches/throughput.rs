@@ -8,14 +8,17 @@
 //! 256, 384 KiB: throughput, requests and capacity units per MiB). Sizes: `DYNAMOFS_BENCH_MIB` (sequential
 //! file, default 256), `DYNAMOFS_BENCH_FILES` (create/stat/unlink, default 2000),
 //! `DYNAMOFS_BENCH_DIR` (entries of the `ls -l` directory, default 10000).
-//! `DYNAMOFS_BENCH_BACKENDS=embedded` (or `dynamodb`) runs one backend only;
-//! `DYNAMOFS_BENCH_SWEEP=0` leaves the block size sweep out. First comes the codec
-//! comparison that chose the default compression (ratio, write units and speed on the
-//! tree and on incompressible data); `DYNAMOFS_BENCH_BACKENDS=codecs` runs only that.
+//! `DYNAMOFS_BENCH_SWEEP=0` leaves the block size sweep out. After DynamoDB come many
+//! clients in one directory against the same clients in separate ones
+//! (`DYNAMOFS_BENCH_HOT_SECS` per phase, default 30). First comes the codec comparison
+//! that chose the default compression (ratio, write units and speed on the tree and on
+//! incompressible data). `DYNAMOFS_BENCH_BACKENDS` picks parts, comma-separated:
+//! `codecs`, `dynamodb`, `hotdir`, `embedded` (default: all).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::churn;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -731,6 +734,73 @@ fn block_size_sweep(
     }
 }
 
+/// Many clients, one directory (issue 6): 4 mounts of one table × 4 workers create and
+/// unlink small files each in a directory of its own, then all in one, at 5 ms per
+/// request with the simulator's conflicts and throttling on. Prints both rates, their
+/// ratio, requests and conflicts per operation. The mounts run no heartbeat, so no
+/// garbage collection (as in every workload of the table).
+fn hot_directory(rt: &tokio::runtime::Runtime) {
+    const MOUNTS: usize = 4;
+    const WORKERS: usize = 4 * MOUNTS;
+    let secs = env_or("DYNAMOFS_BENCH_HOT_SECS", 30) as u64;
+    let sim = Simulator::start(common::dynamo_local().addr(), SimConfig::default()).unwrap();
+    let mut config = common::dynamo_config(&common::unique_table("BenchHot"));
+    config.endpoint = Some(sim.endpoint());
+    let mounts: Vec<InProcess> = (0..MOUNTS)
+        .map(|_| {
+            let store = rt
+                .block_on(dynamofs::store::dynamo::DynamoStore::connect(&config))
+                .unwrap();
+            InProcess::new(rt, Arc::new(store), DEFAULT_BLOCK_SIZE, None)
+        })
+        .collect();
+    let roots: Vec<PathBuf> = mounts.iter().map(|m| m.path().to_path_buf()).collect();
+    fs::create_dir(roots[0].join("hot")).unwrap();
+    for dir in ["apart", "warm"] {
+        churn::make_worker_dirs(&roots[0], dir, WORKERS);
+    }
+    let errors = churn::Errors::default();
+    churn::phase(
+        &roots,
+        WORKERS,
+        secs.div_ceil(6),
+        |w| format!("warm/w{w}"),
+        &errors,
+    );
+    let mut measured = Vec::new();
+    for (label, dir_of) in [
+        (
+            "separate directories",
+            &(|w| format!("apart/w{w}")) as &dyn Fn(usize) -> String,
+        ),
+        ("one directory", &|_| "hot".to_string()),
+    ] {
+        let before = sim.counts();
+        let phase = churn::phase(&roots, WORKERS, secs, dir_of, &errors);
+        let counts = sim.counts().since(&before);
+        println!(
+            "  {label}: {:.0} ops/s, {:.2} requests/op, {:.2} write units/op, {:.4} conflicts/op, {} throttles",
+            phase.rate(),
+            counts.requests() as f64 / phase.ops as f64,
+            counts.write_units() / phase.ops as f64,
+            counts.conflicts() as f64 / phase.ops as f64,
+            counts.throttles(),
+        );
+        measured.push(phase.rate());
+    }
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.is_empty(),
+        "operations failed: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    println!(
+        "\nhot directory ({MOUNTS} mounts x {} workers, {secs} s each, 5 ms): one directory at {:.0} % of the rate of separate ones",
+        WORKERS / MOUNTS,
+        100.0 * measured[1] / measured[0]
+    );
+}
+
 /// The codecs compared on the items a filesystem would store: each file of the tree
 /// (block 0 inline up to 64 KiB, the rest in 256 KiB blocks), and 64 MiB of noise in
 /// blocks. Prints stored bytes and write units against raw, and compression and
@@ -911,6 +981,11 @@ fn main() {
         }
     }
 
+    if wants("hotdir") {
+        println!("hot directory:");
+        hot_directory(&rt);
+    }
+
     if wants("embedded") {
         // The embedded store: one local file each for dynamofs and the raw side.
         let fs_store = Arc::new(EmbeddedStore::open(&work.path().join("fs.db")).unwrap());
@@ -935,6 +1010,9 @@ fn main() {
         ));
         drop(mount);
         rows.push(uncompressed_write(&rt, work.path(), &raw, meters.1));
+    }
+    if rows.is_empty() {
+        return;
     }
 
     println!(

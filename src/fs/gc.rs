@@ -23,9 +23,10 @@
 //!   in transactions conditioned on the record's version, so a live writer that
 //!   registers meanwhile stops the deletion.
 //!
-//! Every client runs [`Fs::collect_garbage`] after each lease renewal. Every deletion is
-//! conditional, so two collectors never collide; one that loses a race finds nothing
-//! left to do.
+//! Every client runs [`Fs::collect_garbage`] after each lease renewal. The live clients
+//! share the doomed files by inode number (one read and one delete each, however many
+//! clients are mounted). Every deletion is conditional, so two collectors never
+//! collide; one that loses a race finds nothing left to do.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +34,7 @@ use std::sync::Mutex;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::blocks::{BlockRecord, PARALLEL_BLOCKS};
+use super::session::now_ms;
 use super::tx::Tx;
 use super::{Fs, FsError, FsResult};
 use crate::keys::{self, DOOMED_PREFIX, GARBAGE_PARTITION, WRITERS_PREFIX};
@@ -46,6 +48,9 @@ use crate::store::{
 const DIRECT_DELETE_BLOCKS: u64 = 1024;
 /// Files up to this size have their blocks deleted in the transaction that deletes them.
 const SMALL_DELETE_BYTES: u64 = 64 * 1024;
+/// Heartbeats after its last name went away that a doomed file becomes any collector's,
+/// not only the one whose share it is.
+const OVERDUE_HEARTBEATS: u64 = 6;
 
 /// What a pass of the collector did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +145,19 @@ fn writing_sessions(item: &Item) -> (Vec<String>, u64) {
     (sessions, super::session::version_of(item))
 }
 
+/// Whether the collector of session `me` deletes `doomed` at `now`. The live sessions
+/// share the doomed files by inode number, so that each is read and deleted once, not
+/// once by every client. A file left long past its turn (its collector keeps failing)
+/// is anyone's; a dead collector's share passes on once its session is no longer live.
+fn is_my_share(doomed: &Doomed, live: &[Session], me: Option<&str>, now: u64) -> bool {
+    let Some(mine) = live.iter().find(|s| Some(s.id.as_str()) == me) else {
+        return true;
+    };
+    let position = live.iter().filter(|s| s.id < mine.id).count() as u64;
+    let overdue_ms = mine.heartbeat_ms * OVERDUE_HEARTBEATS;
+    doomed.ino % live.len() as u64 == position || now > doomed.at_ms.saturating_add(overdue_ms)
+}
+
 /// When `session` last renewed its lease, by its own clock.
 fn renewed_ms(session: &Session) -> u64 {
     session
@@ -203,7 +221,7 @@ impl Fs {
                 let doomed: Doomed = from_item(item)?;
                 if self.still_needed(&doomed, live) {
                     collected.waiting += 1;
-                } else {
+                } else if is_my_share(&doomed, live, self.session_id(), now_ms()) {
                     deletable.push(doomed.ino);
                 }
             } else {
@@ -515,5 +533,58 @@ impl Fs {
         .try_collect::<Vec<()>>()
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Timestamp;
+
+    fn session(id: &str) -> Session {
+        Session {
+            id: id.into(),
+            host: "h".into(),
+            pid: 1,
+            mountpoint: "/mnt".into(),
+            version: "test".into(),
+            started: Timestamp::now(),
+            expires_ms: 0,
+            heartbeat_ms: 1000,
+            open: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_doomed_file_is_one_collectors_until_it_is_overdue() {
+        let live = [session("c"), session("a"), session("b")];
+        let now = 1_000_000;
+        for ino in 100..130 {
+            let fresh = Doomed {
+                ino,
+                at_ms: now - 1000,
+            };
+            let takers: Vec<_> = ["a", "b", "c"]
+                .into_iter()
+                .filter(|me| is_my_share(&fresh, &live, Some(me), now))
+                .collect();
+            assert_eq!(takers.len(), 1, "ino {ino} taken by {takers:?}");
+            let overdue = Doomed {
+                ino,
+                at_ms: now - 1000 * OVERDUE_HEARTBEATS - 1,
+            };
+            assert!(["a", "b", "c"].into_iter().all(|me| is_my_share(
+                &overdue,
+                &live,
+                Some(me),
+                now
+            )));
+        }
+        let fresh = Doomed { ino: 7, at_ms: now };
+        // Without a session of its own (fsck), or one not yet listed: everything.
+        assert!(is_my_share(&fresh, &live, None, now));
+        assert!(is_my_share(&fresh, &live, Some("d"), now));
+        // A session alone takes everything.
+        assert!(is_my_share(&fresh, &live[..1], Some("c"), now));
     }
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use dynamofs::store::dynamo::{DynamoConfig, DynamoStore};
 
+pub mod churn;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
