@@ -69,7 +69,7 @@ impl DynamoFuse {
         let fut = op(self.fs.clone());
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::SeqCst);
-        self.rt.spawn(
+        let mut task = Box::pin(
             async move {
                 let result = fut.await;
                 in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -86,6 +86,20 @@ impl DynamoFuse {
             }
             .instrument(span),
         );
+        // Most operations are answered from the caches and buffers without waiting:
+        // run them to the end here, on the thread that read the request. Handing each
+        // to a runtime worker and back cost two thread wake-ups, which was most of
+        // the daemon's time in `tar x` on `local:`. Only one that has to wait goes on
+        // to the runtime, which polls it again (so no wake-up is lost).
+        let _runtime = self.rt.enter();
+        let waker = futures::task::noop_waker();
+        if task
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_pending()
+        {
+            self.rt.spawn(task);
+        }
     }
 }
 
