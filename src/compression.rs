@@ -7,11 +7,43 @@
 //! The codec and level were chosen by the codec comparison that opens the benchmark
 //! (`DYNAMOFS_BENCH_BACKENDS=codecs cargo bench --bench throughput`; figures in Testing.md).
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
 /// zstd's level for blocks: on a source tree, level 3 took 20 % more time than level 1
 /// to store 4 % fewer bytes.
 const ZSTD_LEVEL: i32 = 1;
+
+thread_local! {
+    /// Each thread's zstd contexts, kept between blocks: making one costs the
+    /// allocation and clearing of its tables, which took as long as compressing an
+    /// incompressible 256 KiB block (perf, sequential write on `local:`).
+    static ZSTD_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn zstd_compress(data: &[u8]) -> Option<Vec<u8>> {
+    ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
+        };
+        compressor.compress(data).ok()
+    })
+}
+
+fn zstd_decompress(stored: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(decompressor) => decompressor,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(stored, limit)
+    })
+}
 
 /// A codec for file data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +94,7 @@ impl Compression {
         let packed = match self {
             Compression::None => None,
             Compression::Lz4 => Some(lz4_flex::compress_prepend_size(data)),
-            Compression::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).ok(),
+            Compression::Zstd => zstd_compress(data),
         };
         match packed {
             Some(packed) if packed.len() < data.len() => (self, packed),
@@ -88,7 +120,7 @@ impl Compression {
                 lz4_flex::decompress(packed, size).map_err(|e| corrupt(e.to_string()))
             }
             Compression::Zstd => {
-                zstd::bulk::decompress(&stored, limit).map_err(|e| corrupt(e.to_string()))
+                zstd_decompress(&stored, limit).map_err(|e| corrupt(e.to_string()))
             }
         }
     }

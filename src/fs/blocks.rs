@@ -40,10 +40,13 @@ impl BlockRecord {
     /// The record of `bytes`, compressed by `codec` where that makes it smaller.
     fn item(bytes: &[u8], codec: Compression) -> crate::store::Item {
         let (used, stored) = codec.compress(bytes);
-        to_item(&BlockRecord {
-            d: ByteBuf::from(stored),
+        let mut item = to_item(&BlockRecord {
+            d: ByteBuf::new(),
             c: Some(used).filter(|c| *c != Compression::None),
-        })
+        });
+        // Moved in after serializing, which would copy a block's bytes once more.
+        item.insert("d".to_string(), crate::store::Value::B(stored));
+        item
     }
 
     /// The bytes of a stored block or inline item, at most `limit` of them (a block).

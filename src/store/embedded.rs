@@ -263,16 +263,19 @@ fn decode_sort_key(table: Table, raw: Vec<u8>) -> Result<SortKey, StoreError> {
 }
 
 /// An item as stored: its attributes (with the key's) as JSON, and the bytes of `d`.
-fn encode_item(key: &Key, item: &Item) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
-    let mut stored = key.stored_item(item);
-    let data = match stored.remove(DATA_ATTR) {
-        Some(Value::B(bytes)) => Some(bytes),
-        Some(other) => {
-            stored.insert(DATA_ATTR.to_string(), other);
-            None
-        }
-        None => None,
+/// The JSON of `item`'s attributes with its key's, and the bytes of its data attribute
+/// (borrowed, not copied: a block's are most of it).
+fn encode_item<'a>(key: &Key, item: &'a Item) -> Result<(Vec<u8>, Option<&'a [u8]>), StoreError> {
+    let data = match item.get(DATA_ATTR) {
+        Some(Value::B(bytes)) => Some(bytes.as_slice()),
+        _ => None,
     };
+    let mut stored = key.attributes();
+    for (name, value) in item.iter() {
+        if data.is_none() || name != DATA_ATTR {
+            stored.insert(name.clone(), value.clone());
+        }
+    }
     Ok((serde_json::to_vec(&stored).map_err(backend)?, data))
 }
 
