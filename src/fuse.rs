@@ -67,13 +67,11 @@ impl DynamoFuse {
     {
         let span = tracing::debug_span!("fuse", op = name, ino);
         let fut = op(self.fs.clone());
-        let in_flight = self.in_flight.clone();
-        in_flight.fetch_add(1, Ordering::SeqCst);
+        let counted = InFlight::start(&self.in_flight);
         let mut task = Box::pin(
             async move {
-                let result = fut.await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                match result {
+                let _counted = counted;
+                match fut.await {
                     Ok(value) => ok(reply, value),
                     Err(e) => {
                         match &e {
@@ -93,13 +91,34 @@ impl DynamoFuse {
         // to the runtime, which polls it again (so no wake-up is lost).
         let _runtime = self.rt.enter();
         let waker = futures::task::noop_waker();
-        if task
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker))
-            .is_pending()
+        let mut cx = std::task::Context::from_waker(&waker);
+        // A panic here would end this FUSE thread; the operation fails with EIO instead
+        // (its reply, dropped unanswered, sends it), as it would on a runtime worker.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx)))
         {
-            self.rt.spawn(task);
+            Ok(std::task::Poll::Pending) => {
+                self.rt.spawn(task);
+            }
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!(op = name, ino, "operation panicked: it fails with EIO"),
         }
+    }
+}
+
+/// Counts an operation as in flight until it is dropped: finished, or unwound by a
+/// panic. Unmounting waits for none to be left.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
