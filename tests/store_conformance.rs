@@ -54,6 +54,18 @@ async fn conditions(store: &dyn Store) {
         Some(&Value::S("c:1".into())),
         "items carry their key attributes"
     );
+    // An item read at one key and put at another is stored under the new key's names.
+    let moved = Key::meta("c:2", "b");
+    store
+        .write(put(&moved, got.clone(), Condition::None))
+        .await
+        .unwrap();
+    let at_moved = store.get(&moved).await.unwrap().expect("moved item");
+    assert_eq!(
+        (at_moved.get("path"), at_moved.get("name")),
+        (Some(&Value::S("c:2".into())), Some(&Value::S("b".into()))),
+        "the key's attributes win over the item's"
+    );
     assert_eq!(
         store
             .write(put(&key, versioned(1, "x"), Condition::Absent))

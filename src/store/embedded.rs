@@ -262,20 +262,20 @@ fn decode_sort_key(table: Table, raw: Vec<u8>) -> Result<SortKey, StoreError> {
     }
 }
 
-/// An item as stored: its attributes (with the key's) as JSON, and the bytes of `d`.
-/// The JSON of `item`'s attributes with its key's, and the bytes of its data attribute
-/// (borrowed, not copied: a block's are most of it).
+/// An item as stored: its attributes (with the key's, which win) as JSON, and the bytes
+/// of `d`, borrowed rather than copied (a block's are most of the item).
 fn encode_item<'a>(key: &Key, item: &'a Item) -> Result<(Vec<u8>, Option<&'a [u8]>), StoreError> {
     let data = match item.get(DATA_ATTR) {
         Some(Value::B(bytes)) => Some(bytes.as_slice()),
         _ => None,
     };
-    let mut stored = key.attributes();
-    for (name, value) in item.iter() {
-        if data.is_none() || name != DATA_ATTR {
-            stored.insert(name.clone(), value.clone());
-        }
-    }
+    let mut stored: Item = item
+        .iter()
+        .filter(|(name, _)| data.is_none() || name.as_str() != DATA_ATTR)
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect::<std::collections::HashMap<_, _>>()
+        .into();
+    stored.extend(key.attributes().into_inner());
     Ok((serde_json::to_vec(&stored).map_err(backend)?, data))
 }
 
