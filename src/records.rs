@@ -264,6 +264,22 @@ pub struct Doomed {
     pub ino: u64,
     /// Milliseconds since the epoch when its last name went away.
     pub at_ms: u64,
+    /// The inode as the unlink left it, so that a collector can delete it without
+    /// reading it first (on the condition that its version has not moved since).
+    /// Absent in the records of older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<FileRemains>,
+}
+
+/// What deleting a regular file needs to know of its inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRemains {
+    /// The inode's version.
+    pub ver: u64,
+    /// Its size.
+    pub size: u64,
+    /// Whether its first block is inline.
+    pub inline: bool,
 }
 
 /// A mounted client. Its lease is renewed on every heartbeat; once `expires` has

@@ -12,6 +12,7 @@ use dynamofs::compression::Compression;
 use dynamofs::fs::{Caller, Fs, FsConfig, FsError, RenameMode, SetAttr};
 use dynamofs::keys::{self, ROOT_INO};
 use dynamofs::records::{to_item, Format, FORMAT_VERSION};
+use dynamofs::simulator::{SimCounts, Simulator};
 use dynamofs::store::dynamo::DynamoStore;
 use dynamofs::store::{
     Condition, Item, Key, Page, SortKey, Store, StoreError, Table, Value, WriteOp,
@@ -856,4 +857,59 @@ async fn data_is_stored_compressed_where_it_shrinks_and_a_damaged_block_is_an_er
     let err = fresh.read(opened.fh, 0, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{err}");
     assert!(err.to_string().contains("does not decode"), "{err}");
+}
+
+/// One collection that deletes one file: the requests it took.
+async fn collect_one(fs: &Fs, sim: &Simulator) -> SimCounts {
+    let before = sim.counts();
+    assert_eq!(fs.clean_up().await.unwrap().files, 1);
+    sim.counts().since(&before)
+}
+
+/// A file whose last name went away is deleted by one transaction, without a read,
+/// when nothing changed it after the unlink; written after it (while still open), the
+/// collector reads it first and deletes it as it is then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doomed_file_is_deleted_without_a_read_unless_it_changed() {
+    let sim = common::simulator_without_latency();
+    let mut config = common::dynamo_config(&common::unique_table("Doomed"));
+    config.endpoint = Some(sim.endpoint());
+    let store = Arc::new(DynamoStore::connect(&config).await.unwrap());
+    let fs = new_fs(store.clone(), FsConfig::default()).await;
+    let mut inos = Vec::new();
+    for name in [&b"untouched"[..], b"written"] {
+        let (inode, opened) = fs
+            .create(ME, ROOT_INO, name, 0o644, libc::O_RDWR)
+            .await
+            .unwrap();
+        fs.write(opened.fh, 0, b"hello").await.unwrap();
+        fs.flush(opened.fh).await.unwrap();
+        fs.unlink(ROOT_INO, name).await.unwrap();
+        if name == b"written" {
+            fs.write(opened.fh, 5, b", still open").await.unwrap();
+        }
+        fs.release(opened.fh).await.unwrap();
+        let spent = collect_one(&fs, &sim).await;
+        // Written after the unlink: the first attempt fails on the version, then a
+        // read and the deletion.
+        let expected = if name == b"written" { (1, 2) } else { (0, 1) };
+        let counted = (
+            spent.requests_of("GetItem"),
+            spent.requests_of("TransactWriteItems"),
+        );
+        assert_eq!(
+            counted,
+            expected,
+            "{}: {spent}",
+            String::from_utf8_lossy(name)
+        );
+        inos.push(inode.ino);
+    }
+    for ino in inos {
+        assert!(store.get(&keys::inode_key(ino)).await.unwrap().is_none());
+        assert!(store.get(&keys::inline_key(ino)).await.unwrap().is_none());
+    }
+    let report = fs.check(&|_| {}).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.pending_cleanups, 0);
 }

@@ -38,7 +38,7 @@ use super::session::now_ms;
 use super::tx::Tx;
 use super::{Fs, FsError, FsResult};
 use crate::keys::{self, DOOMED_PREFIX, GARBAGE_PARTITION, WRITERS_PREFIX};
-use crate::records::{from_item, Cleanup, Doomed, FileKind, Inode, Session};
+use crate::records::{from_item, Cleanup, Doomed, FileKind, FileRemains, Inode, Session};
 use crate::store::{
     Condition, Item, SortKey, StoreError, Table, Value, WriteOp, MAX_TRANSACTION_ITEMS,
     VERSION_ATTR,
@@ -222,7 +222,7 @@ impl Fs {
                 if self.still_needed(&doomed, live) {
                     collected.waiting += 1;
                 } else if is_my_share(&doomed, live, self.session_id(), now_ms()) {
-                    deletable.push(doomed.ino);
+                    deletable.push(doomed);
                 }
             } else {
                 let cleanup: Cleanup = from_item(item)?;
@@ -241,7 +241,7 @@ impl Fs {
         }
         // After a big `rm -rf` there are many: side by side, not one after the other.
         collected.files = stream::iter(deletable)
-            .map(|ino| self.delete_doomed(ino))
+            .map(|doomed| self.delete_doomed(doomed))
             .buffer_unordered(PARALLEL_BLOCKS)
             .try_fold(0, |n, ()| async move { Ok(n + 1) })
             .await?;
@@ -440,43 +440,58 @@ impl Fs {
             })
     }
 
-    /// Delete a doomed file with its data, and its garbage record.
-    async fn delete_doomed(&self, ino: u64) -> FsResult<()> {
-        self.optimistic(|_| async move {
+    /// Delete a doomed file with its data, and its garbage record. The first attempt
+    /// trusts the inode as the unlink left it (the record says), on the condition that
+    /// its version has not moved since: one request instead of a read and a write. If
+    /// it moved (the file was written while open elsewhere), or another collector was
+    /// first, the retry reads the inode.
+    async fn delete_doomed(&self, doomed: Doomed) -> FsResult<()> {
+        let ino = doomed.ino;
+        self.optimistic(|fresh| async move {
             let mut tx = Tx::new();
             tx.write(WriteOp::Delete {
                 key: keys::doomed_key(ino),
                 cond: Condition::None,
             });
-            match self.load_inode(ino, true).await {
-                Ok(inode) if inode.nlink == 0 => self.delete_file(&mut tx, &inode),
-                // Already gone (another collector was first), or (never, but) named again.
-                Ok(_) | Err(FsError::Stale) => {}
-                Err(e) => return Err(e),
+            match doomed.left.filter(|_| !fresh) {
+                Some(left) => self.delete_file(&mut tx, ino, left),
+                None => match self.load_inode(ino, true).await {
+                    Ok(inode) if inode.nlink == 0 => {
+                        debug_assert_eq!(inode.kind, FileKind::File);
+                        let left = FileRemains {
+                            ver: inode.ver,
+                            size: inode.size,
+                            inline: inode.inline,
+                        };
+                        self.delete_file(&mut tx, ino, left)
+                    }
+                    // Already gone (another collector was first), or (never, but) named again.
+                    Ok(_) | Err(FsError::Stale) => {}
+                    Err(e) => return Err(e),
+                },
             }
             self.commit(tx).await.map(|_| ())
         })
         .await
     }
 
-    /// Add to `tx` the deletion of a regular file with no name and no open descriptor:
-    /// its inode, its inline data, and its blocks (in the transaction for a small file,
-    /// as a cleanup for a larger one).
-    fn delete_file(&self, tx: &mut Tx, inode: &Inode) {
-        debug_assert_eq!(inode.kind, FileKind::File);
-        tx.delete(inode);
-        if inode.inline {
+    /// Add to `tx` the deletion of regular file `ino`, with no name and no open
+    /// descriptor, if its inode is still as `left`: the inode, its inline data, and its
+    /// blocks (in the transaction for a small file, as a cleanup for a larger one).
+    fn delete_file(&self, tx: &mut Tx, ino: u64, left: FileRemains) {
+        tx.delete_at(ino, left.ver, false);
+        if left.inline {
             tx.write(WriteOp::Delete {
-                key: keys::inline_key(inode.ino),
+                key: keys::inline_key(ino),
                 cond: Condition::None,
             });
         }
-        if inode.size <= SMALL_DELETE_BYTES {
-            for idx in u64::from(inode.inline)..inode.size.div_ceil(self.format.block_size) {
-                tx.write(self.block_delete(inode.ino, idx));
+        if left.size <= SMALL_DELETE_BYTES {
+            for idx in u64::from(left.inline)..left.size.div_ceil(self.format.block_size) {
+                tx.write(self.block_delete(ino, idx));
             }
         } else {
-            tx.add_cleanup(inode.ino, 0, inode.size);
+            tx.add_cleanup(ino, 0, left.size);
         }
     }
 
@@ -563,6 +578,7 @@ mod tests {
             let fresh = Doomed {
                 ino,
                 at_ms: now - 1000,
+                left: None,
             };
             let takers: Vec<_> = ["a", "b", "c"]
                 .into_iter()
@@ -572,6 +588,7 @@ mod tests {
             let overdue = Doomed {
                 ino,
                 at_ms: now - 1000 * OVERDUE_HEARTBEATS - 1,
+                left: None,
             };
             assert!(["a", "b", "c"].into_iter().all(|me| is_my_share(
                 &overdue,
@@ -580,7 +597,11 @@ mod tests {
                 now
             )));
         }
-        let fresh = Doomed { ino: 7, at_ms: now };
+        let fresh = Doomed {
+            ino: 7,
+            at_ms: now,
+            left: None,
+        };
         // Without a session of its own (fsck), or one not yet listed: everything.
         assert!(is_my_share(&fresh, &live, None, now));
         assert!(is_my_share(&fresh, &live, Some("d"), now));

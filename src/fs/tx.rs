@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use super::lease::{DirLeases, LeaseUse};
 use super::FsResult;
 use crate::keys;
-use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, Inode, Timestamp};
+use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, FileRemains, Inode, Timestamp};
 use crate::store::{Condition, Item, Store, StoreError, Value, WriteOp, VERSION_ATTR};
 
 /// Most items one DynamoDB transaction may write.
@@ -220,32 +220,44 @@ impl Tx {
             inode.nlink -= 1;
             inode.ctime = now;
         } else if inode.kind == FileKind::File {
+            let unlinked = self.update(inode);
+            unlinked.nlink = 0;
+            unlinked.ctime = now;
+            let (size, inline) = (unlinked.size, unlinked.inline);
             let doomed = Doomed {
                 ino: inode.ino,
                 at_ms: super::session::now_ms(),
+                left: self
+                    .version_after(inode.ino)
+                    .map(|ver| FileRemains { ver, size, inline }),
             };
             self.write(WriteOp::Put {
                 key: keys::doomed_key(inode.ino),
                 item: to_item(&doomed),
                 cond: Condition::None,
             });
-            let inode = self.update(inode);
-            inode.nlink = 0;
-            inode.ctime = now;
         } else {
             self.delete(inode);
         }
     }
 
+    /// The version inode `ino` has once this transaction is committed, if it updates it.
+    fn version_after(&self, ino: u64) -> Option<u64> {
+        match self.inodes.get(&ino) {
+            Some(InodeChange::Update { read_ver, .. }) => Some(read_ver + 1),
+            _ => None,
+        }
+    }
+
     /// Delete `inode`'s record (as read); its data is the caller's business.
     pub(super) fn delete(&mut self, inode: &Inode) {
-        self.inodes.insert(
-            inode.ino,
-            InodeChange::Delete {
-                read_ver: inode.ver,
-                dir: inode.kind == FileKind::Dir,
-            },
-        );
+        self.delete_at(inode.ino, inode.ver, inode.kind == FileKind::Dir);
+    }
+
+    /// Delete the record of inode `ino` if it is still at version `read_ver`.
+    pub(super) fn delete_at(&mut self, ino: u64, read_ver: u64, dir: bool) {
+        self.inodes
+            .insert(ino, InodeChange::Delete { read_ver, dir });
     }
 
     /// Commit `op` (a block write or delete) together with the rest.
