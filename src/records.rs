@@ -282,6 +282,17 @@ pub struct FileRemains {
     pub inline: bool,
 }
 
+impl FileRemains {
+    /// What `inode` holds of them.
+    pub fn of(inode: &Inode) -> Self {
+        FileRemains {
+            ver: inode.ver,
+            size: inode.size,
+            inline: inode.inline,
+        }
+    }
+}
+
 /// A mounted client. Its lease is renewed on every heartbeat; once `expires` has
 /// passed (by more than a grace period), the client counts as dead and any other
 /// client may release its locks and delete the record.

@@ -24,8 +24,8 @@
 //!   registers meanwhile stops the deletion.
 //!
 //! Every client runs [`Fs::collect_garbage`] after each lease renewal. The live clients
-//! share the doomed files by inode number (one read and one delete each, however many
-//! clients are mounted). Every deletion is conditional, so two collectors never
+//! share the doomed files by inode number (one delete each, and a read before it only
+//! for a file changed after its unlink, however many clients are mounted). Every deletion is conditional, so two collectors never
 //! collide; one that loses a race finds nothing left to do.
 
 use std::collections::HashMap;
@@ -146,8 +146,8 @@ fn writing_sessions(item: &Item) -> (Vec<String>, u64) {
 }
 
 /// Whether the collector of session `me` deletes `doomed` at `now`. The live sessions
-/// share the doomed files by inode number, so that each is read and deleted once, not
-/// once by every client. A file left long past its turn (its collector keeps failing)
+/// share the doomed files by inode number, so that each is deleted once, not once by
+/// every client. A file left long past its turn (its collector keeps failing)
 /// is anyone's; a dead collector's share passes on once its session is no longer live.
 fn is_my_share(doomed: &Doomed, live: &[Session], me: Option<&str>, now: u64) -> bool {
     let Some(mine) = live.iter().find(|s| Some(s.id.as_str()) == me) else {
@@ -458,12 +458,7 @@ impl Fs {
                 None => match self.load_inode(ino, true).await {
                     Ok(inode) if inode.nlink == 0 => {
                         debug_assert_eq!(inode.kind, FileKind::File);
-                        let left = FileRemains {
-                            ver: inode.ver,
-                            size: inode.size,
-                            inline: inode.inline,
-                        };
-                        self.delete_file(&mut tx, ino, left)
+                        self.delete_file(&mut tx, ino, FileRemains::of(&inode))
                     }
                     // Already gone (another collector was first), or (never, but) named again.
                     Ok(_) | Err(FsError::Stale) => {}

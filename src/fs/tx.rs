@@ -223,13 +223,13 @@ impl Tx {
             let unlinked = self.update(inode);
             unlinked.nlink = 0;
             unlinked.ctime = now;
-            let (size, inline) = (unlinked.size, unlinked.inline);
+            let remains = FileRemains::of(unlinked);
             let doomed = Doomed {
                 ino: inode.ino,
                 at_ms: super::session::now_ms(),
                 left: self
                     .version_after(inode.ino)
-                    .map(|ver| FileRemains { ver, size, inline }),
+                    .map(|ver| FileRemains { ver, ..remains }),
             };
             self.write(WriteOp::Put {
                 key: keys::doomed_key(inode.ino),
