@@ -58,6 +58,9 @@ impl Fs {
     ) -> FsResult<Inode> {
         self.check_writable()?;
         check_name(name)?;
+        // A new file of this client's by that name must be in the store for the
+        // create's condition to see it.
+        self.settle_entry(parent, name).await?;
         let ino = self.alloc_ino().await?;
         let inode = self
             .optimistic(|fresh| {
@@ -298,6 +301,7 @@ impl Fs {
         self.check_writable()?;
         check_name(newname)?;
         self.settle_create(ino).await?;
+        self.settle_entry(newparent, newname).await?;
         let inode = self
             .optimistic(|fresh| async move {
                 let inode = self.load_inode(ino, fresh).await?;

@@ -35,6 +35,13 @@ const LAST_SEEN_LIMIT: usize = 100_000;
 /// the new size: one request for a small file (at twice the write units of plain puts,
 /// which at this size is little).
 const SMALL_FLUSH_BYTES: usize = 64 * 1024;
+/// Most closed new files whose commit is pending: past it, a close commits its file.
+const CLOSED_LIMIT: usize = 256;
+/// Most items of one group of closed new files, leaving room for riders within
+/// DynamoDB's 100 per transaction.
+const GROUP_ITEMS: usize = 90;
+/// Most bytes of data in one group, well within DynamoDB's 4 MB per request.
+const GROUP_BYTES: usize = 2 << 20;
 
 /// What getattr must show of an open file beyond its stored inode.
 #[derive(Clone, Copy)]
@@ -107,6 +114,29 @@ struct WriteBehind {
     task: tokio::task::JoinHandle<Vec<(u64, StoreError)>>,
 }
 
+/// What one flush writes in the transaction with the file's inode, taken out of the
+/// file's buffers (see [`Fs::take_flush`]) and given back if the commit fails.
+struct FlushParts {
+    size: u64,
+    /// Block 0 changed since the inode was written: an inline item not rewritten goes.
+    wrote_block0: bool,
+    /// Block 0 of a file that fits inline.
+    inline: Option<Vec<u8>>,
+    blocks: BTreeMap<u64, Vec<u8>>,
+    mtime: Option<Timestamp>,
+    held: Option<AttrDelta>,
+}
+
+impl FlushParts {
+    /// The commit failed: the blocks are dirty again (the times and attributes never
+    /// left the file).
+    fn give_back(self, data: &mut FileData) {
+        data.dirty.extend(self.blocks);
+        data.dirty.extend(self.inline.map(|b| (0, b)));
+        data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
+    }
+}
+
 /// Source of [`FileData::generation`] values.
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -127,6 +157,17 @@ struct OpenState {
     pending: Option<PendingView>,
 }
 
+/// A file whose create is deferred (see `lease.rs`).
+struct Unborn {
+    /// Its directory.
+    dir: u64,
+    /// When it was created.
+    since: Instant,
+    /// Its close was answered without a flush: the file goes to the store whole, with
+    /// others, at the settler's next round (see [`Fs::may_close_later`]).
+    closed: bool,
+}
+
 /// The files open on this client, by inode.
 #[derive(Default)]
 pub(super) struct OpenFiles {
@@ -135,8 +176,8 @@ pub(super) struct OpenFiles {
     writers: Mutex<std::collections::HashSet<u64>>,
     /// (mtime, size) of each file when this client last closed it, for keep_cache.
     last_seen: Mutex<HashMap<u64, (Timestamp, u64)>>,
-    /// Files whose create is deferred: their directory, and since when.
-    unborn: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// Files whose create is deferred.
+    unborn: Mutex<HashMap<u64, Unborn>>,
     /// Whether creates may be deferred: only once a task commits them in time.
     defers: AtomicBool,
 }
@@ -154,24 +195,80 @@ impl OpenFiles {
             parent,
             name: name.to_vec(),
         });
-        self.unborn
-            .lock()
-            .unwrap()
-            .insert(ino, (parent, Instant::now()));
+        let unborn = Unborn {
+            dir: parent,
+            since: Instant::now(),
+            closed: false,
+        };
+        self.unborn.lock().unwrap().insert(ino, unborn);
     }
 
     fn is_unborn(&self, ino: u64) -> bool {
         self.unborn.lock().unwrap().contains_key(&ino)
     }
 
-    /// The files whose deferred create matches `which` (directory, since when).
-    fn unborn_where(&self, which: impl Fn(u64, Instant) -> bool) -> Vec<u64> {
+    /// Whether `ino` is a new file whose close was answered before its flush.
+    fn is_closed_unborn(&self, ino: u64) -> bool {
+        self.unborn
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .is_some_and(|u| u.closed)
+    }
+
+    /// Whether a new file in `dir` had its close answered before its flush.
+    pub(super) fn has_closed_unborn_in(&self, dir: u64) -> bool {
+        self.unborn
+            .lock()
+            .unwrap()
+            .values()
+            .any(|u| u.closed && u.dir == dir)
+    }
+
+    /// Note that the close of new file `ino` was answered before its flush.
+    fn mark_closed(&self, ino: u64) {
+        if let Some(unborn) = self.unborn.lock().unwrap().get_mut(&ino) {
+            unborn.closed = true;
+        }
+    }
+
+    /// The files whose deferred create matches `which`.
+    fn unborn_where(&self, which: impl Fn(&Unborn) -> bool) -> Vec<u64> {
         let unborn = self.unborn.lock().unwrap();
-        unborn
+        let mut inos: Vec<u64> = unborn
             .iter()
-            .filter(|(_, (dir, since))| which(*dir, *since))
+            .filter(|(_, u)| which(u))
             .map(|(ino, _)| *ino)
-            .collect()
+            .collect();
+        inos.sort_unstable();
+        inos
+    }
+
+    /// How many handles of `ino` are open.
+    fn opens(&self, ino: u64) -> usize {
+        self.open.lock().unwrap().get(&ino).map_or(0, |s| s.opens)
+    }
+
+    /// Close one handle of `ino`; forget the file once none is left, unless `lingers`
+    /// (a closed new file not committed yet, still to be found by inode). True if it
+    /// was the last.
+    fn close_one(&self, ino: u64, lingers: bool) -> bool {
+        let mut open = self.open.lock().unwrap();
+        let state = open.get_mut(&ino).expect("open file state");
+        state.opens -= 1;
+        let last = state.opens == 0;
+        if last && !lingers {
+            open.remove(&ino);
+        }
+        last
+    }
+
+    /// A closed new file is committed: forget it unless it was opened again.
+    fn forget_if_closed(&self, ino: u64) {
+        let mut open = self.open.lock().unwrap();
+        if open.get(&ino).is_some_and(|s| s.opens == 0) {
+            open.remove(&ino);
+        }
     }
 
     /// Note what a file looked like when this client closed it, for keep_cache.
@@ -643,37 +740,12 @@ impl Fs {
         }
         self.finish_write_behind(data).await;
         let ino = data.stored.ino;
-        let bs = self.format.block_size;
-        let size = data.size;
-        data.generation = next_generation();
-        let mut dirty = std::mem::take(&mut data.dirty);
-        for (idx, block) in dirty.iter_mut() {
-            block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
-        }
-        // Block 0 of a file that fits inline goes to the inline item; if it was inline
-        // and is rewritten into the blocks table, the inline item goes away.
-        let wrote_block0 = dirty.contains_key(&0) || data.block0_behind;
-        let inline_block = if self.fits_inline(size) {
-            dirty.remove(&0)
-        } else {
-            None
-        };
-        // Blocks that land where the stored inode says nothing is would be garbage if
-        // this client died before recording the new size.
+        let (parts, dirty) = self.take_flush(data);
         let stored = &data.stored;
-        let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
-        // One such block goes in the transaction that records the size too: a new file
-        // of up to a block then costs its create and one request, where a writers
-        // record, a put and its removal would add three, for at most a block's worth
-        // of write units more (a transaction bills twice).
-        let small = dirty.values().map(Vec::len).sum::<usize>() <= SMALL_FLUSH_BYTES
-            || (dirty.len() == 1 && dirty.keys().all(|idx| past_end(*idx)));
-        let with_inode = if small {
-            std::mem::take(&mut dirty)
-        } else {
-            BTreeMap::new()
-        };
-        let announce = dirty.keys().any(|idx| past_end(*idx));
+        let bs = self.format.block_size;
+        let announce = dirty
+            .keys()
+            .any(|idx| idx * bs >= stored.size || (*idx == 0 && stored.inline));
         // Blocks written apart from the inode need it to exist: a deferred create goes
         // first. Any other block past the end is announced in the writers record first
         // (`gc.rs`).
@@ -687,8 +759,7 @@ impl Fs {
         };
         if let Err(e) = prepared {
             data.dirty.extend(dirty);
-            data.dirty.extend(with_inode);
-            data.dirty.extend(inline_block.map(|b| (0, b)));
+            parts.give_back(data);
             return Err(e);
         }
         let written = stream::iter(dirty.into_iter().map(|(idx, block)| async move {
@@ -709,23 +780,16 @@ impl Fs {
                 }
             }
         }
-        let restore =
-            |data: &mut FileData, with_inode: BTreeMap<u64, Vec<u8>>, inline: Option<Vec<u8>>| {
-                data.dirty.extend(with_inode);
-                data.dirty.extend(inline.map(|b| (0, b)));
-                data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
-            };
         if let Some(e) = failure {
-            restore(data, with_inode, inline_block);
+            parts.give_back(data);
             return Err(e.into());
         }
         // Changes held while the file had nothing to flush are older than its writes.
         let taken = self.held.take(ino).await;
         let earlier = taken.delta();
-        let (mtime, held) = (data.mtime, data.held);
         let first = data.stored.clone();
         let create = data.create.clone();
-        let (with_inode_ref, inline_ref, create_ref) = (&with_inode, &inline_block, &create);
+        let (parts_ref, create_ref) = (&parts, &create);
         let updated = self
             .optimistic(|fresh| {
                 let first = first.clone();
@@ -740,38 +804,7 @@ impl Fs {
                     if let Some(create) = create_ref {
                         create.add_to(&mut tx, &inode);
                     }
-                    for (idx, block) in with_inode_ref {
-                        tx.write(self.block_put(ino, *idx, block));
-                    }
-                    let inline = match inline_ref {
-                        Some(block) => {
-                            tx.write(self.inline_put(ino, block));
-                            if !inode.inline && inode.size > 0 {
-                                tx.write(self.block_delete(ino, 0));
-                            }
-                            true
-                        }
-                        None if inode.inline && wrote_block0 => {
-                            tx.write(WriteOp::Delete {
-                                key: keys::inline_key(ino),
-                                cond: Condition::None,
-                            });
-                            false
-                        }
-                        None => inode.inline,
-                    };
-                    let now = tx.now();
-                    let new = tx.update(&inode);
-                    if let Some(earlier) = earlier {
-                        earlier.apply(new);
-                    }
-                    new.inline = inline;
-                    new.size = size;
-                    new.mtime = mtime.unwrap_or(new.mtime);
-                    new.ctime = now;
-                    if let Some(held) = held {
-                        held.apply(new);
-                    }
+                    self.add_flush(&mut tx, &inode, parts_ref, earlier);
                     let written = self.commit_with_create(tx, create_ref.as_ref()).await?;
                     Ok(written.get(&ino).cloned().expect("updated inode"))
                 }
@@ -787,7 +820,7 @@ impl Fs {
                 self.finish_cleanup(Cleanup {
                     ino,
                     keep: 0,
-                    stored: size,
+                    stored: parts.size,
                     session: None,
                 })
                 .await;
@@ -798,23 +831,122 @@ impl Fs {
                 return Err(updated.expect_err("matched an error"));
             }
             Err(e) => {
-                restore(data, with_inode, inline_block);
+                parts.give_back(data);
                 taken.give_back();
                 return Err(e);
             }
             Ok(updated) => updated,
         };
         drop(taken);
-        for (idx, block) in with_inode.into_iter().chain(inline_block.map(|b| (0, b))) {
+        self.flushed(data, parts, updated);
+        Ok(())
+    }
+
+    /// Take what a flush of `data` writes out of its buffers: what goes in the
+    /// transaction with the inode, and the blocks to write apart from it first.
+    fn take_flush(&self, data: &mut FileData) -> (FlushParts, BTreeMap<u64, Vec<u8>>) {
+        let bs = self.format.block_size;
+        let size = data.size;
+        data.generation = next_generation();
+        let mut dirty = std::mem::take(&mut data.dirty);
+        for (idx, block) in dirty.iter_mut() {
+            block.truncate(size.saturating_sub(idx * bs).min(bs) as usize);
+        }
+        // Block 0 of a file that fits inline goes to the inline item; if it was inline
+        // and is rewritten into the blocks table, the inline item goes away.
+        let wrote_block0 = dirty.contains_key(&0) || data.block0_behind;
+        let inline = if self.fits_inline(size) {
+            dirty.remove(&0)
+        } else {
+            None
+        };
+        let lens: Vec<(u64, usize)> = dirty.iter().map(|(idx, b)| (*idx, b.len())).collect();
+        let blocks = if self.goes_with_inode(&data.stored, &lens) {
+            std::mem::take(&mut dirty)
+        } else {
+            BTreeMap::new()
+        };
+        let parts = FlushParts {
+            size,
+            wrote_block0,
+            inline,
+            blocks,
+            mtime: data.mtime,
+            held: data.held,
+        };
+        (parts, dirty)
+    }
+
+    /// Whether the blocks of a file stored as `stored` that a flush writes (index and
+    /// length) go in the transaction that records its new size.
+    fn goes_with_inode(&self, stored: &Inode, blocks: &[(u64, usize)]) -> bool {
+        let bs = self.format.block_size;
+        // Blocks that land where the stored inode says nothing is would be garbage if
+        // this client died before recording the new size. One such block goes in the
+        // transaction that records the size too: a new file of up to a block then costs
+        // its create and one request, where a writers record, a put and its removal
+        // would add three, for at most a block's worth of write units more (a
+        // transaction bills twice).
+        let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
+        blocks.iter().map(|(_, len)| len).sum::<usize>() <= SMALL_FLUSH_BYTES
+            || (blocks.len() == 1 && blocks.iter().all(|(idx, _)| past_end(*idx)))
+    }
+
+    /// Add to `tx` the writes of `parts` and the update of `inode` (as read) they make,
+    /// after the attribute changes `earlier`.
+    fn add_flush(
+        &self,
+        tx: &mut Tx,
+        inode: &Inode,
+        parts: &FlushParts,
+        earlier: Option<AttrDelta>,
+    ) {
+        let ino = inode.ino;
+        for (idx, block) in &parts.blocks {
+            tx.write(self.block_put(ino, *idx, block));
+        }
+        let inline = match &parts.inline {
+            Some(block) => {
+                tx.write(self.inline_put(ino, block));
+                if !inode.inline && inode.size > 0 {
+                    tx.write(self.block_delete(ino, 0));
+                }
+                true
+            }
+            None if inode.inline && parts.wrote_block0 => {
+                tx.write(WriteOp::Delete {
+                    key: keys::inline_key(ino),
+                    cond: Condition::None,
+                });
+                false
+            }
+            None => inode.inline,
+        };
+        let now = tx.now();
+        let new = tx.update(inode);
+        if let Some(earlier) = earlier {
+            earlier.apply(new);
+        }
+        new.inline = inline;
+        new.size = parts.size;
+        new.mtime = parts.mtime.unwrap_or(new.mtime);
+        new.ctime = now;
+        if let Some(held) = parts.held {
+            held.apply(new);
+        }
+    }
+
+    /// `parts` of `data` are committed, and the inode is now stored as `updated`.
+    fn flushed(&self, data: &mut FileData, parts: FlushParts, updated: Inode) {
+        for (idx, block) in parts.blocks.into_iter().chain(parts.inline.map(|b| (0, b))) {
             data.keep_clean(idx, block);
         }
-        data.dirty_bytes = 0;
+        data.dirty_bytes = data.dirty.values().map(Vec::len).sum();
         data.block0_behind = false;
         data.stored = updated;
         data.mtime = None;
         data.held = None;
-        self.files.set_pending(ino, data);
-        Ok(())
+        self.files.set_pending(data.stored.ino, data);
     }
 
     /// Write back this client's buffered writes of `ino`, if it has the file open, and
@@ -842,8 +974,12 @@ impl Fs {
 
     /// Flush the file's buffered writes (close of one descriptor).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        let (_, _, data) = self.file_handle(fh)?;
+        let (ino, _, data) = self.file_handle(fh)?;
         let mut data = data.lock().await;
+        if self.files.opens(ino) == 1 && self.may_close_later(&data) {
+            self.files.mark_closed(ino);
+            return Ok(());
+        }
         self.flush_data(&mut data).await
     }
 
@@ -867,29 +1003,60 @@ impl Fs {
         let Some(Handle::File(handle)) = handle else {
             return Err(FsError::BadHandle);
         };
-        let flushed = {
+        let ino = handle.ino;
+        let (flushed, last) = {
             let mut data = handle.data.lock().await;
-            let flushed = self.flush_data(&mut data).await;
-            self.files.remember_closed(&data.stored);
-            flushed
-        };
-        let last = {
-            let mut open = self.files.open.lock().unwrap();
-            let state = open.get_mut(&handle.ino).expect("open file state");
-            state.opens -= 1;
-            state.opens == 0 && open.remove(&handle.ino).is_some()
-        };
-        if last && flushed.is_ok() {
-            self.done_writing_past_end(handle.ino).await;
-        }
-        if last {
-            // A create the flush could not commit never will be.
-            let mut data = handle.data.lock().await;
-            if data.create.is_some() {
+            let lingers = self.files.opens(ino) == 1
+                && (self.files.is_closed_unborn(ino) || self.may_close_later(&data));
+            let flushed = if lingers {
+                self.files.mark_closed(ino);
+                Ok(())
+            } else {
+                let flushed = self.flush_data(&mut data).await;
+                self.files.remember_closed(&data.stored);
+                flushed
+            };
+            // Under the file's lock, so that the commit of a lingering file, which
+            // forgets it if no handle is left, sees this close.
+            let last = self.files.close_one(ino, lingers);
+            if last && !lingers && data.create.is_some() {
+                // A create the flush could not commit never will be.
                 self.create_done(&mut data, false);
             }
+            (flushed, last && !lingers)
+        };
+        if last && flushed.is_ok() {
+            self.done_writing_past_end(ino).await;
         }
         flushed
+    }
+
+    /// Whether the close of `data`'s file may be answered now and the file committed
+    /// whole at the settler's next round, with other such files in one transaction: a
+    /// new file in a directory whose lease this client holds, with its content small
+    /// enough to go in the create's transaction. `tar x` then waits for no request at
+    /// all per file. Another client that looks for the name meanwhile recalls the
+    /// lease first (see `lease.rs`), so close-to-open holds across clients.
+    fn may_close_later(&self, data: &FileData) -> bool {
+        let Some(create) = &data.create else {
+            return false;
+        };
+        let bs = self.format.block_size;
+        let size = data.size;
+        let blocks: Vec<(u64, usize)> = data
+            .dirty
+            .iter()
+            .filter(|(idx, _)| !(**idx == 0 && self.fits_inline(size)))
+            .map(|(idx, block)| {
+                let len = size.saturating_sub(idx * bs).min(block.len() as u64);
+                (*idx, len as usize)
+            })
+            .collect();
+        data.behind.is_none()
+            && !data.block0_behind
+            && self.goes_with_inode(&data.stored, &blocks)
+            && self.files.unborn_where(|u| u.closed).len() < CLOSED_LIMIT
+            && self.leases.can_defer(create.parent)
     }
 
     /// Commit the deferred create of `data`'s file on its own: before its blocks go
@@ -944,7 +1111,10 @@ impl Fs {
     /// what this client cached of the file and its name goes).
     fn create_done(&self, data: &mut FileData, committed: bool) {
         let ino = data.stored.ino;
-        self.files.unborn.lock().unwrap().remove(&ino);
+        let unborn = self.files.unborn.lock().unwrap().remove(&ino);
+        if unborn.is_some_and(|u| u.closed) {
+            self.files.forget_if_closed(ino);
+        }
         let Some(create) = data.create.take() else {
             return;
         };
@@ -956,23 +1126,31 @@ impl Fs {
     }
 
     /// Commit the deferred create of `ino`, if there is one: before anything reads the
-    /// file or its name from the store.
+    /// file or its name from the store. A file whose close was answered goes whole.
     pub(super) async fn settle_create(&self, ino: u64) -> FsResult<()> {
         if !self.files.is_unborn(ino) {
             return Ok(());
         }
-        match self.files.data(ino) {
-            Some(data) => self.commit_create(&mut *data.lock().await).await,
-            None => Ok(()),
+        let Some(data) = self.files.data(ino) else {
+            return Ok(());
+        };
+        let mut data = data.lock().await;
+        if !self.files.is_closed_unborn(ino) {
+            return self.commit_create(&mut data).await;
         }
+        // Boxed: a flush may read inodes, which settles creates first.
+        let flushed = Box::pin(self.flush_data(&mut data)).await;
+        if let (Err(e), Some(create)) = (&flushed, &data.create) {
+            tracing::warn!(ino, dir = create.parent, error = %e, "cannot commit a closed new file yet; trying again");
+        } else if let Err(e) = &flushed {
+            tracing::error!(ino, error = %e, "a closed new file is lost: its name was taken by another client while this one could not reach the store");
+        }
+        flushed
     }
 
     /// Commit every deferred create in `dir`: before its entries are read from the store.
     pub(super) async fn settle_creates_in(&self, dir: u64) -> FsResult<()> {
-        for ino in self.files.unborn_where(|parent, _| parent == dir) {
-            self.settle_create(ino).await?;
-        }
-        Ok(())
+        self.settle(|u| u.dir == dir).await
     }
 
     /// Commit the deferred create of the file `dir/name` names, if it is one.
@@ -985,10 +1163,104 @@ impl Fs {
 
     /// Commit every deferred create (sync, unmount).
     pub async fn settle_all_creates(&self) -> FsResult<()> {
-        for ino in self.files.unborn_where(|_, _| true) {
-            self.settle_create(ino).await?;
+        self.settle(|_| true).await
+    }
+
+    /// Commit the deferred creates that match `which`: the closed files in groups,
+    /// then the open ones each on its own.
+    async fn settle(&self, which: impl Fn(&Unborn) -> bool) -> FsResult<()> {
+        let closed = self.files.unborn_where(|u| u.closed && which(u));
+        let mut result = self.commit_closed(closed).await;
+        for ino in self.files.unborn_where(|u| !u.closed && which(u)) {
+            let settled = self.settle_create(ino).await;
+            result = result.and(settled);
         }
-        Ok(())
+        result.and(self.release_finished_leases().await)
+    }
+
+    /// Commit closed new files (see [`Fs::may_close_later`]), as many in each
+    /// transaction as fit. A group that fails is tried once more (a recalled lease
+    /// makes it fail once, see `lease.rs`), then each of its files on its own, which
+    /// tells a lost name from a collision.
+    async fn commit_closed(&self, inos: Vec<u64>) -> FsResult<()> {
+        let mut alone = Vec::new();
+        let mut retried = false;
+        let mut rest: std::collections::VecDeque<u64> = inos.into();
+        while !rest.is_empty() {
+            let mut tx = Tx::new();
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            while let Some(&ino) = rest.front() {
+                let Some(data) = self.files.data(ino) else {
+                    rest.pop_front();
+                    continue;
+                };
+                // Never wait for a file's lock while holding others'; a busy file is
+                // committed on its own, after the groups.
+                let Ok(mut data) = data.try_lock_owned() else {
+                    alone.push(ino);
+                    rest.pop_front();
+                    continue;
+                };
+                let Some(create) = data.create.clone() else {
+                    rest.pop_front();
+                    continue;
+                };
+                if !self.files.is_closed_unborn(ino) || data.behind.is_some() {
+                    alone.push(ino);
+                    rest.pop_front();
+                    continue;
+                }
+                let size: usize = data.dirty.values().map(Vec::len).sum();
+                let items = 3 + data.dirty.len();
+                if !group.is_empty()
+                    && (tx.len() + items > GROUP_ITEMS || bytes + size > GROUP_BYTES)
+                {
+                    break;
+                }
+                rest.pop_front();
+                let (parts, apart) = self.take_flush(&mut data);
+                if !apart.is_empty() {
+                    data.dirty.extend(apart);
+                    parts.give_back(&mut data);
+                    alone.push(ino);
+                    continue;
+                }
+                bytes += size;
+                create.add_to(&mut tx, &data.stored);
+                self.add_flush(&mut tx, &data.stored, &parts, None);
+                group.push((data, parts));
+            }
+            if group.is_empty() {
+                continue;
+            }
+            match self.commit(tx).await {
+                Ok(written) => {
+                    for (mut data, parts) in group {
+                        let updated = written[&data.stored.ino].clone();
+                        self.create_done(&mut data, true);
+                        self.flushed(&mut data, parts, updated);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(files = group.len(), error = %e, retried, "a group of closed new files failed");
+                    for (mut data, parts) in group.into_iter().rev() {
+                        parts.give_back(&mut data);
+                        match retried {
+                            true => alone.push(data.stored.ino),
+                            false => rest.push_front(data.stored.ino),
+                        }
+                    }
+                    retried = true;
+                }
+            }
+        }
+        let mut result = Ok(());
+        for ino in alone {
+            let settled = self.settle_create(ino).await;
+            result = result.and(settled);
+        }
+        result
     }
 
     /// Start the task that commits deferred creates once they are
@@ -999,13 +1271,9 @@ impl Fs {
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(lease::DEFER_LIMIT / 4).await;
-                let due = fs
-                    .files
-                    .unborn_where(|_, since| since.elapsed() >= lease::DEFER_LIMIT);
-                for ino in due {
-                    if let Err(e) = fs.settle_create(ino).await {
-                        tracing::warn!(ino, error = %e, "cannot commit a deferred create");
-                    }
+                let due = |u: &Unborn| u.closed || u.since.elapsed() >= lease::DEFER_LIMIT;
+                if let Err(e) = fs.settle(due).await {
+                    tracing::warn!(error = %e, "cannot commit a deferred create");
                 }
             }
         });

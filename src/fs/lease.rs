@@ -1,7 +1,8 @@
 //! Directory leases: the client that made a directory may, for a moment, answer
 //! creates in it without a round trip, and commit each with the new file's first
-//! flush (see `file.rs`). `tar x` and `cp -a` then cost one request per file where an
-//! exclusive create and the flush at close would be two.
+//! flush (see `file.rs`); and answer the close of a small new file there at once,
+//! committing the files closed in a moment together. `tar x` then waits for no
+//! request per file, where an exclusive create and the flush at close would be two.
 //!
 //! Answering a create without asking DynamoDB is only right if no other client can
 //! add that name meanwhile. So:
@@ -17,13 +18,22 @@
 //!   request. Such a write that fails reads the directory; if another client's lease
 //!   holds, it sets `lease_recall` and waits, at most the lease and the skew, until the
 //!   lease is released or runs out ([`Fs::wait_out_leases`]).
-//! - **Recall**: the holder's renewal fails once `lease_recall` is set; it then commits
-//!   what it has pending with an ordinary touch, which releases the lease for good.
+//! - **Recall**: the holder's renewal fails once `lease_recall` is set. If it has no
+//!   closed new files there still to commit, it commits what it has pending with an
+//!   ordinary touch, which releases the lease for good. If it has, it keeps the lease,
+//!   unrenewed, while it commits them, and then releases it with a write of its own
+//!   ([`DirLeases`], [`Fs::release_finished_leases`]).
+//! - **Closes answered early**: a lookup by another client that finds no name in a
+//!   directory that may be under a lease recalls the lease, and looks again until the
+//!   name is there or the lease is given up or over ([`Fs::entry_past_lease`]). As
+//!   the holder gives it up only once its closed files are committed, a file closed
+//!   before the lookup is found: close-to-open holds across clients.
 //!
 //! Exclusivity never rests on the lease: the deferred create still puts its entry on
 //! the condition that the name is absent. What a lease buys is that this condition
 //! holds. If the holder cannot reach DynamoDB for longer than its lease, another client
-//! may take the name first; the holder's flush then fails with EIO ([`FsError::NameLost`]).
+//! may take the name first; the holder's flush then fails with EIO ([`FsError::NameLost`]),
+//! or, for a file whose close was answered already, the file is lost (and logged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,8 +43,8 @@ use super::session::now_ms;
 use super::tx::in_place_update;
 use super::{Fs, FsResult};
 use crate::keys;
-use crate::records::{from_item, Inode};
-use crate::store::{Condition, Item, StoreError, Value};
+use crate::records::{from_item, Entry, FileKind, Inode};
+use crate::store::{Condition, Item, StoreError, Value, WriteOp};
 
 #[cfg(doc)]
 use super::FsError;
@@ -59,40 +69,81 @@ const BY: &str = "lease_by";
 const UNTIL: &str = "lease_until";
 const RECALL: &str = "lease_recall";
 
-/// The leases this client holds: directory to the end of its lease (ms since the epoch).
+/// A lease this client holds.
+#[derive(Clone, Copy)]
+struct Held {
+    /// Its end, in ms since the epoch.
+    until: u64,
+    /// Another client recalled it while this one had closed new files there still to
+    /// commit: they are committed under it, unrenewed, and then it is released.
+    finishing: bool,
+}
+
+/// The leases this client holds, by directory.
 #[derive(Default)]
 pub(super) struct DirLeases {
-    held: Mutex<HashMap<u64, u64>>,
+    held: Mutex<HashMap<u64, Held>>,
 }
 
 impl DirLeases {
     /// Note a lease on `dir` until `until`, granted or renewed.
     pub(super) fn hold(&self, dir: u64, until: u64) {
-        self.held.lock().unwrap().insert(dir, until);
+        let held = Held {
+            until,
+            finishing: false,
+        };
+        self.held.lock().unwrap().insert(dir, held);
+    }
+
+    /// This client's lease on `dir` at `now` (ms since the epoch), if it holds one.
+    fn lease(&self, dir: u64, now: u64) -> Option<Held> {
+        let mut held = self.held.lock().unwrap();
+        match held.get(&dir) {
+            Some(lease) if lease.until > now => Some(*lease),
+            Some(_) => {
+                held.remove(&dir);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Whether this client holds `dir`'s lease at `now` (ms since the epoch).
     pub(super) fn holds(&self, dir: u64, now: u64) -> bool {
-        let mut held = self.held.lock().unwrap();
-        match held.get(&dir) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                held.remove(&dir);
-                false
-            }
-            None => false,
-        }
+        self.lease(dir, now).is_some()
     }
 
     /// Whether a create in `dir` may be answered now and committed later.
     pub(super) fn can_defer(&self, dir: u64) -> bool {
         let now = now_ms();
-        self.holds(dir, now.saturating_add(DEFER_MARGIN_MS))
+        self.lease(dir, now.saturating_add(DEFER_MARGIN_MS))
+            .is_some_and(|lease| !lease.finishing)
     }
 
     /// Give up this client's lease on `dir`: its next touch there releases it.
     pub(super) fn lose(&self, dir: u64) {
         self.held.lock().unwrap().remove(&dir);
+    }
+
+    /// `dir`'s lease was recalled: keep it, unrenewed, until the closed new files there
+    /// are committed. False if it was recalled before (then it is to be given up).
+    fn finish(&self, dir: u64) -> bool {
+        match self.held.lock().unwrap().get_mut(&dir) {
+            Some(lease) if !lease.finishing => {
+                lease.finishing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The directories whose recalled lease this client still holds.
+    fn finishing(&self) -> Vec<u64> {
+        let held = self.held.lock().unwrap();
+        held.iter()
+            .filter(|(_, lease)| lease.finishing)
+            .map(|(dir, _)| *dir)
+            .collect()
     }
 }
 
@@ -105,6 +156,16 @@ pub(super) enum LeaseUse {
         me: String,
         /// Now, in ms since the epoch.
         now: u64,
+    },
+    /// This client holds it, recalled: keep it unrenewed while committing the closed
+    /// new files there.
+    Finish {
+        /// This client's session.
+        me: String,
+        /// Now, in ms since the epoch.
+        now: u64,
+        /// The lease's end.
+        until: u64,
     },
     /// Respect another client's lease (and release this client's own).
     Respect {
@@ -119,10 +180,13 @@ impl LeaseUse {
     /// How this client's write at `now` treats `dir`'s lease.
     pub(super) fn of(leases: &DirLeases, dir: u64, me: Option<&str>, now: u64) -> LeaseUse {
         let me = me.unwrap_or_default().to_string();
-        if leases.holds(dir, now) {
-            LeaseUse::Renew { me, now }
-        } else {
-            LeaseUse::Respect { me, now }
+        match leases.lease(dir, now) {
+            Some(Held {
+                until,
+                finishing: true,
+            }) => LeaseUse::Finish { me, now, until },
+            Some(_) => LeaseUse::Renew { me, now },
+            None => LeaseUse::Respect { me, now },
         }
     }
 
@@ -133,6 +197,10 @@ impl LeaseUse {
                 Condition::StringIs(BY, me.clone()),
                 Condition::NumberAbove(UNTIL, *now),
                 Condition::Lacks(RECALL),
+            ]),
+            LeaseUse::Finish { me, now, .. } => Condition::All(vec![
+                Condition::StringIs(BY, me.clone()),
+                Condition::NumberAbove(UNTIL, *now),
             ]),
             LeaseUse::Respect { me, now } => Condition::All(vec![
                 Condition::Present,
@@ -145,19 +213,29 @@ impl LeaseUse {
         }
     }
 
-    /// The lease attribute an atomic touch sets: a renewal moves the end, anything
-    /// else ends it (a lease by another client that still held failed the condition).
+    /// The lease attribute an atomic touch sets: a renewal moves the end, finishing
+    /// keeps it, anything else ends it (a lease by another client that still held
+    /// failed the condition).
     pub(super) fn set(&self, set: &mut Item) {
         set.insert(UNTIL.into(), Value::N(self.until().to_string()));
     }
 
-    /// Where the lease ends after the write: 0 unless renewed.
+    /// Where the lease ends after the write: 0 if released.
     pub(super) fn until(&self) -> u64 {
         match self {
             LeaseUse::Renew { now, .. } => now + LEASE_MS,
+            LeaseUse::Finish { until, .. } => *until,
             LeaseUse::Respect { .. } => 0,
         }
     }
+}
+
+/// Whether `dir`, as this client last read it, may be under the lease of a session
+/// other than `me`. A lease seen over when read is forgotten (see
+/// [`Fs::without_ended_lease`]), so a copy that names one was read while it held:
+/// renewals since may have moved its end.
+fn may_be_foreign_lease(dir: &Inode, me: &str) -> bool {
+    dir.lease_until != 0 && dir.lease_by != me
 }
 
 /// A new directory's birth lease for session `me`, made at `now`.
@@ -183,6 +261,95 @@ impl Fs {
             && foreign_lease(dir, self.session_id().unwrap_or_default(), now_ms()).is_none()
     }
 
+    /// Give up the recalled leases whose closed new files are all committed (see
+    /// [`DirLeases`]): the waiting client then knows it sees them.
+    pub(super) async fn release_finished_leases(&self) -> FsResult<()> {
+        let me = self.session_id().unwrap_or_default().to_string();
+        for dir in self.leases.finishing() {
+            if self.files.has_closed_unborn_in(dir) {
+                continue;
+            }
+            self.leases.lose(dir);
+            let mut set = Item::default();
+            set.insert(UNTIL.into(), Value::N("0".into()));
+            let mut release = in_place_update(dir, set, Vec::new());
+            if let WriteOp::Update { cond, .. } = &mut release {
+                *cond = Condition::StringIs(BY, me.clone());
+            }
+            match self.store.write(release).await {
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `inode` as it is to be cached, if that differs: a directory read with another
+    /// client's lease over by this client's clock keeps it over for good (it is never
+    /// renewed once over, and never granted again), so the copy forgets it.
+    pub(super) fn without_ended_lease(&self, inode: &Inode) -> Option<Inode> {
+        let me = self.session_id().unwrap_or_default();
+        let ended = inode.kind == FileKind::Dir
+            && may_be_foreign_lease(inode, me)
+            && foreign_lease(inode, me, now_ms()).is_none();
+        ended.then(|| Inode {
+            lease_until: 0,
+            ..inode.clone()
+        })
+    }
+
+    /// A lookup found no `name` in `dir`: if another client's lease may hold there, that
+    /// client may have answered the close of a new file by that name and not committed
+    /// it yet. Recall the lease, wait for it, and look again.
+    pub(super) async fn entry_past_lease(&self, dir: u64, name: &[u8]) -> FsResult<Option<Entry>> {
+        let me = self.session_id().unwrap_or_default();
+        if self
+            .cache
+            .inode_any_age(dir)
+            .is_none_or(|d| !may_be_foreign_lease(&d, me))
+        {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        loop {
+            // The lease first: once it is seen given up, the files closed under it are
+            // in the store (the holder commits them with the release).
+            let held = self.recall_lease(dir, me).await?;
+            let entry = self.load_entry(dir, name, true).await?;
+            if entry.is_some() || held.is_none() || started.elapsed() >= WAIT_LIMIT {
+                return Ok(entry);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Read `dir`; if another client's lease may hold there, recall it (once): then
+    /// the end of that lease.
+    async fn recall_lease(&self, dir: u64, me: &str) -> FsResult<Option<u64>> {
+        let Some(item) = self.store.get(&keys::inode_key(dir)).await? else {
+            return Ok(None);
+        };
+        let inode: Inode = from_item(item)?;
+        self.cache_inode(&inode);
+        let Some(until) = foreign_lease(&inode, me, now_ms()) else {
+            return Ok(None);
+        };
+        if !inode.lease_recall {
+            tracing::debug!(dir, holder = %inode.lease_by, "recalling a directory lease");
+            let mut set = Item::default();
+            set.insert(RECALL.into(), Value::Bool(true));
+            match self
+                .store
+                .write(in_place_update(dir, set, Vec::new()))
+                .await
+            {
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(until))
+    }
+
     /// A write that changes the names of `dirs` failed its condition: give up this
     /// client's leases there (trying again releases them, which a recall asks for) and
     /// wait out other clients' leases.
@@ -193,7 +360,7 @@ impl Fs {
             .copied()
             .filter(|dir| {
                 let mine = self.leases.holds(*dir, now);
-                if mine {
+                if mine && !(self.files.has_closed_unborn_in(*dir) && self.leases.finish(*dir)) {
                     self.leases.lose(*dir);
                 }
                 !mine
@@ -209,32 +376,14 @@ impl Fs {
         let me = self.session_id().unwrap_or_default().to_string();
         for &dir in dirs {
             let cached = self.cache.inode_any_age(dir);
-            if cached.is_some_and(|d| foreign_lease(&d, &me, now_ms()).is_none()) {
+            if cached.is_some_and(|d| !may_be_foreign_lease(&d, &me)) {
                 continue;
             }
             let started = Instant::now();
             while started.elapsed() < WAIT_LIMIT {
-                let Some(item) = self.store.get(&keys::inode_key(dir)).await? else {
+                let Some(until) = self.recall_lease(dir, &me).await? else {
                     break;
                 };
-                let inode: Inode = from_item(item)?;
-                self.cache_inode(&inode);
-                let Some(until) = foreign_lease(&inode, &me, now_ms()) else {
-                    break;
-                };
-                if !inode.lease_recall {
-                    tracing::debug!(dir, holder = %inode.lease_by, "recalling a directory lease");
-                    let mut set = Item::default();
-                    set.insert(RECALL.into(), Value::Bool(true));
-                    match self
-                        .store
-                        .write(in_place_update(dir, set, Vec::new()))
-                        .await
-                    {
-                        Ok(()) | Err(StoreError::Conflict) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
                 let left = (until + CLOCK_SKEW_MS).saturating_sub(now_ms());
                 tokio::time::sleep(POLL.min(Duration::from_millis(left.max(1)))).await;
             }

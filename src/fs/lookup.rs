@@ -28,7 +28,9 @@ impl Fs {
                 {
                     self.load_dir(parent, false).await?;
                 }
-                return Err(FsError::NotFound);
+                self.entry_past_lease(parent, name)
+                    .await?
+                    .ok_or(FsError::NotFound)?
             }
         };
         match self.load_inode(entry.ino, false).await {

@@ -174,6 +174,7 @@ pub struct Fs {
     locks: locks::HeldLocks,
     cleaning: gc::CleaningNow,
     leases: lease::DirLeases,
+    turns: tx::DirTurns,
 }
 
 /// What [`Fs::renew_listing`] found.
@@ -241,6 +242,7 @@ impl Fs {
             locks: locks::HeldLocks::default(),
             cleaning: gc::CleaningNow::default(),
             leases: lease::DirLeases::default(),
+            turns: tx::DirTurns::default(),
         })
     }
 
@@ -391,7 +393,10 @@ impl Fs {
     }
 
     fn cache_inode(&self, inode: &Inode) {
-        self.cache.put_inode(inode);
+        match self.without_ended_lease(inode) {
+            Some(settled) => self.cache.put_inode(&settled),
+            None => self.cache.put_inode(inode),
+        }
     }
 
     fn forget_inode(&self, ino: u64) {
@@ -405,6 +410,11 @@ impl Fs {
     /// Commit `tx`, bring this client's caches up to date with what it changed, and
     /// delete the blocks it made garbage. Returns the inodes as now stored.
     async fn commit(&self, tx: tx::Tx) -> FsResult<std::collections::BTreeMap<u64, Inode>> {
+        let dirs = tx.leased_dirs();
+        let _turns = match tx.is_transaction() {
+            true => self.turns.take(dirs.clone()).await,
+            false => self.turns.take(Vec::new()).await,
+        };
         // From before the commit, so this client's collector never takes them up too.
         let _cleaning = self.cleaning.hold(tx.cleanup_inos());
         // Attribute changes held for other inodes ride along: `tar` and `cp -a` set a
@@ -418,7 +428,6 @@ impl Fs {
             .iter()
             .filter_map(|taken| Some(taken.delta()?.update_op(taken.ino())))
             .collect();
-        let dirs = tx.leased_dirs();
         let done = match tx
             .commit(
                 self.store.as_ref(),
@@ -517,7 +526,10 @@ impl Fs {
         let mut read = Vec::new();
         for (ino, item) in inos.iter().zip(self.store.batch_get(&keys).await?) {
             match item {
-                Some(item) => read.push(from_item::<Inode>(item)?),
+                Some(item) => {
+                    let inode = from_item::<Inode>(item)?;
+                    read.push(self.without_ended_lease(&inode).unwrap_or(inode));
+                }
                 None => self.forget_inode(*ino),
             }
         }

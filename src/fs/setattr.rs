@@ -131,6 +131,10 @@ impl Fs {
     /// write, or none beyond the file's flush.
     pub async fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> FsResult<Inode> {
         self.check_writable()?;
+        // A directory's new files go first: their commit sets its times, which must
+        // not overwrite times set after them (`tar` and `cp -a` set a directory's
+        // times once its files are in).
+        self.settle_creates_in(ino).await?;
         let open = self.files.data(ino);
         let mut data = match &open {
             Some(data) => Some(data.lock().await),
@@ -144,7 +148,9 @@ impl Fs {
                 self.files.set_pending(ino, data);
                 return Ok(self.present(new));
             }
-            if data.is_none() {
+            // An open file with nothing to flush holds them as a closed one does (a new
+            // file committed since its close is one).
+            if data.as_ref().is_none_or(|d| !d.has_unflushed()) {
                 let view = self.present_raw(self.load_inode(ino, false).await?);
                 let new = changed(caller, &view, attr, Timestamp::now())?;
                 if self.hold_attrs(ino, AttrDelta::between(&view, &new)) {

@@ -12,13 +12,60 @@
 //! client saw that happen ("contended"), creates and unlinks of files commit without
 //! the directory and touch it with a single write instead (see `create.rs`, `remove.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use super::lease::{DirLeases, LeaseUse};
 use super::FsResult;
 use crate::keys;
 use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, FileRemains, Inode, Timestamp};
 use crate::store::{Condition, Item, Store, StoreError, Value, WriteOp, VERSION_ATTR};
+
+/// This client's transactions that update a directory take turns on it. DynamoDB
+/// cancels transactions that overlap on an item, so two of one client's at once in
+/// one directory (a group of closed new files and a `mkdir` there, say) would only
+/// collide and both try again.
+#[derive(Default)]
+pub(super) struct DirTurns {
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The turns a transaction holds; given back when dropped.
+pub(super) struct Turns<'a> {
+    owner: &'a DirTurns,
+    held: Vec<(u64, tokio::sync::OwnedMutexGuard<()>)>,
+}
+
+impl DirTurns {
+    /// Wait for the turn on each of `dirs`, in order of number, so that two waiters
+    /// never wait for each other.
+    pub(super) async fn take(&self, mut dirs: Vec<u64>) -> Turns<'_> {
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut held = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let turn = self.dirs.lock().unwrap().entry(dir).or_default().clone();
+            held.push((dir, turn.lock_owned().await));
+        }
+        Turns { owner: self, held }
+    }
+}
+
+impl Drop for Turns<'_> {
+    fn drop(&mut self) {
+        let mut dirs = self.owner.dirs.lock().unwrap();
+        for (dir, guard) in self.held.drain(..) {
+            drop(guard);
+            // Nobody else waits for it: the map keeps no entry for an idle directory.
+            if dirs
+                .get(&dir)
+                .is_some_and(|turn| Arc::strong_count(turn) == 1)
+            {
+                dirs.remove(&dir);
+            }
+        }
+    }
+}
 
 /// Most items one DynamoDB transaction may write.
 const TRANSACTION_LIMIT: usize = 100;
@@ -376,12 +423,16 @@ impl Tx {
     /// Whether committing takes a transaction (more than one write), which other
     /// writes can then ride along.
     pub(super) fn is_transaction(&self) -> bool {
+        self.len() > 1
+    }
+
+    /// How many writes committing takes.
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
             + self.inodes.len()
             + self.touched.len()
             + self.others.len()
             + self.cleanups.len()
-            > 1
     }
 
     /// Whether this transaction writes the record of inode `ino`.
