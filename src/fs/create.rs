@@ -118,7 +118,7 @@ impl Fs {
 
     /// Create a regular file without a request, if this client holds the lease of
     /// `parent` and its complete listing says the name is free: the create is committed
-    /// with the file's first flush (see `lease.rs` and `file.rs`). `None` if it may not.
+    /// with the file's first flush (see `lease.rs` and `deferred.rs`). `None` if it may not.
     async fn create_deferred(
         &self,
         caller: Caller,
@@ -127,7 +127,7 @@ impl Fs {
         mode: u32,
         flags: i32,
     ) -> FsResult<Option<(Inode, Opened)>> {
-        if !self.files.defers_creates()
+        if !self.new_files.defers_creates()
             || !self.leases.can_defer(parent)
             || self.cache.entry(parent, name).answer() != Some(None)
         {
@@ -157,7 +157,7 @@ impl Fs {
         let opened = self
             .open_inode(inode.clone(), None, flags & !libc::O_TRUNC)
             .await?;
-        self.files.defer_create(ino, parent, name).await;
+        self.defer_create(ino, parent, name).await;
         tracing::trace!(parent, ino, "create deferred to the first flush");
         Ok(Some((self.present(inode), opened)))
     }

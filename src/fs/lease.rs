@@ -1,6 +1,6 @@
 //! Directory leases: the client that made a directory may, for a moment, answer
 //! creates in it without a round trip, and commit each with the new file's first
-//! flush (see `file.rs`); and answer the close of a small new file there at once,
+//! flush (see `deferred.rs`); and answer the close of a small new file there at once,
 //! committing the files closed in a moment together. `tar x` then waits for no
 //! request per file, where an exclusive create and the flush at close would be two.
 //!
@@ -266,7 +266,7 @@ impl Fs {
     pub(super) async fn release_finished_leases(&self) -> FsResult<()> {
         let me = self.session_id().unwrap_or_default().to_string();
         for dir in self.leases.finishing() {
-            if self.files.has_closed_unborn_in(dir) {
+            if self.new_files.has_closed_unborn_in(dir) {
                 continue;
             }
             self.leases.lose(dir);
@@ -360,7 +360,8 @@ impl Fs {
             .copied()
             .filter(|dir| {
                 let mine = self.leases.holds(*dir, now);
-                if mine && !(self.files.has_closed_unborn_in(*dir) && self.leases.finish(*dir)) {
+                if mine && !(self.new_files.has_closed_unborn_in(*dir) && self.leases.finish(*dir))
+                {
                     self.leases.lose(*dir);
                 }
                 !mine

@@ -13,12 +13,15 @@
 //! - `held.rs`, attribute changes held back for a moment and merged;
 //! - `file.rs`, open files and their write buffers, written back on flush, fsync and
 //!   close;
+//! - `deferred.rs`, creates and closes answered before they are committed, under a
+//!   directory's lease (`lease.rs`);
 //! - `blocks.rs`, block I/O: blocks, inline data of small files, cleanups;
 //! - `tx.rs`, one optimistic transaction.
 
 mod blocks;
 mod cache;
 mod create;
+mod deferred;
 mod dir;
 pub mod error;
 mod file;
@@ -175,6 +178,7 @@ pub struct Fs {
     cleaning: gc::CleaningNow,
     leases: lease::DirLeases,
     turns: tx::DirTurns,
+    new_files: deferred::NewFiles,
 }
 
 /// What [`Fs::renew_listing`] found.
@@ -243,6 +247,7 @@ impl Fs {
             cleaning: gc::CleaningNow::default(),
             leases: lease::DirLeases::default(),
             turns: tx::DirTurns::default(),
+            new_files: deferred::NewFiles::default(),
         })
     }
 
