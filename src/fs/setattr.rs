@@ -148,9 +148,7 @@ impl Fs {
                 self.files.set_pending(ino, data);
                 return Ok(self.present(new));
             }
-            // An open file with nothing to flush holds them as a closed one does (a new
-            // file committed since its close is one).
-            if data.as_ref().is_none_or(|d| !d.has_unflushed()) {
+            if data.is_none() {
                 let view = self.present_raw(self.load_inode(ino, false).await?);
                 let new = changed(caller, &view, attr, Timestamp::now())?;
                 if self.hold_attrs(ino, AttrDelta::between(&view, &new)) {
