@@ -8,9 +8,12 @@
 //! again together: `find | xargs cat` or `cp -a` reaches the files of a directory one
 //! by one after their attributes expired, so the first miss among them re-reads its
 //! expired companions in the same batch get ([`MetaCache::expired_companions`]), and
-//! the files that follow hit the cache, as an NFS client's readdirplus does.
+//! the files that follow hit the cache, as an NFS client's readdirplus does. A walk
+//! reaches the directories it listed in the order it listed them, so the batch is
+//! filled up with the expired inodes of the listings read next: one re-read serves
+//! several small directories.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,9 @@ const CACHE_LIMIT: usize = 200_000;
 const CONTENDED_FOR: Duration = Duration::from_secs(10);
 /// Most inodes one read brings (DynamoDB's batch get limit).
 pub(super) const INODE_BATCH_LIMIT: usize = 100;
+/// Cohorts remembered in the order they were read, to fill a re-read up with the ones
+/// read after it: enough for [`INODE_BATCH_LIMIT`] inodes of one-file directories.
+const RECENT_COHORTS: usize = INODE_BATCH_LIMIT;
 
 /// The inodes read by one batch get.
 type Cohort = Arc<[u64]>;
@@ -70,6 +76,8 @@ pub(super) struct MetaCache {
     attr_ttl: Duration,
     entry_ttl: Duration,
     inodes: Mutex<HashMap<u64, Cached<InodeCopy>>>,
+    /// The last [`RECENT_COHORTS`] cohorts, oldest first; locked after `inodes`.
+    recent_cohorts: Mutex<VecDeque<Cohort>>,
     entries: Mutex<HashMap<EntryKey, Cached<Entry>>>,
     listings: Mutex<HashMap<u64, Cached<Listing>>>,
     /// Directories where this client's transactions recently collided with others'.
@@ -107,6 +115,7 @@ impl MetaCache {
             attr_ttl,
             entry_ttl,
             inodes: Mutex::default(),
+            recent_cohorts: Mutex::default(),
             entries: Mutex::default(),
             listings: Mutex::default(),
             contended: Mutex::default(),
@@ -148,6 +157,12 @@ impl MetaCache {
         let cohort: Cohort = inodes.iter().map(|i| i.ino).collect();
         let mut cache = self.inodes.lock().unwrap();
         prune(&mut cache, self.attr_ttl);
+        let mut recent = self.recent_cohorts.lock().unwrap();
+        if recent.len() == RECENT_COHORTS {
+            recent.pop_front();
+        }
+        recent.push_back(cohort.clone());
+        drop(recent);
         for inode in inodes {
             if cache
                 .get(&inode.ino)
@@ -163,28 +178,44 @@ impl MetaCache {
         }
     }
 
-    /// The other members of the cohort `ino` was read with whose copies expired as
-    /// its own did, at most [`INODE_BATCH_LIMIT`] less one: the inodes to read again
-    /// with it. Members read or written since on their own have left the cohort.
+    /// The inodes to read again with `ino`, whose copy expired, at most
+    /// [`INODE_BATCH_LIMIT`] less one, in the order a walk reaches them: the members
+    /// of the cohort it was read with that follow it, those of the cohorts read after
+    /// that one, then the members before it. Only members whose copies are past half
+    /// their TTL are taken (they expire in step, and the walk gets there within the
+    /// other half), and only those still in their cohort: a member read or written
+    /// since on its own has left it.
     pub(super) fn expired_companions(&self, ino: u64) -> Vec<u64> {
         let cache = self.inodes.lock().unwrap();
         let Some(cohort) = cache.get(&ino).and_then(|c| c.value.cohort.as_ref()) else {
             return Vec::new();
         };
-        cohort
+        let at = cohort.iter().position(|member| *member == ino).unwrap_or(0);
+        let recent = self.recent_cohorts.lock().unwrap();
+        let later = recent
             .iter()
-            .filter(|other| **other != ino)
-            .filter(|other| {
-                cache.get(other).is_some_and(|c| {
-                    c.at.elapsed() >= self.attr_ttl
-                        && c.value
-                            .cohort
-                            .as_ref()
-                            .is_some_and(|t| Arc::ptr_eq(t, cohort))
-                })
+            .rposition(|c| Arc::ptr_eq(c, cohort))
+            .map_or(recent.range(0..0), |i| recent.range(i + 1..));
+        let aging_in = |cohort: &Cohort, member: &u64| {
+            cache.get(member).is_some_and(|c| {
+                c.at.elapsed() >= self.attr_ttl / 2
+                    && c.value
+                        .cohort
+                        .as_ref()
+                        .is_some_and(|t| Arc::ptr_eq(t, cohort))
             })
-            .take(INODE_BATCH_LIMIT - 1)
+        };
+        let mut walk: Vec<(&Cohort, &[u64])> = vec![(cohort, &cohort[at + 1..])];
+        walk.extend(later.map(|next| (next, &next[..])));
+        walk.push((cohort, &cohort[..at]));
+        walk.into_iter()
+            .flat_map(|(cohort, members)| {
+                members
+                    .iter()
+                    .filter(move |member| aging_in(cohort, member))
+            })
             .copied()
+            .take(INODE_BATCH_LIMIT - 1)
             .collect()
     }
 
@@ -227,6 +258,20 @@ impl MetaCache {
             Some(c) if c.at.elapsed() < self.entry_ttl => Known::Present(c.value),
             _ => Known::Unknown,
         }
+    }
+
+    /// The entry `dir/name` last seen, however long ago.
+    pub(super) fn entry_any_age(&self, dir: u64, name: &[u8]) -> Option<Entry> {
+        let listed = self
+            .listings
+            .lock()
+            .unwrap()
+            .get(&dir)
+            .and_then(|listing| listing.value.entries.get(name).copied());
+        listed.or_else(|| {
+            let cache = self.entries.lock().unwrap();
+            cache.get(&(dir, name.to_vec())).map(|c| c.value)
+        })
     }
 
     /// Remember `dir/name` as just read or written (`None`: it does not exist).
@@ -453,6 +498,35 @@ mod tests {
         std::thread::sleep(TTL);
         assert!(!cache.renew_listing_from_inode(5), "the copy expired");
         assert!(!cache.renew_listing_from_inode(7), "no listing");
+    }
+
+    fn dirs(inos: &[u64]) -> Vec<Inode> {
+        inos.iter().map(|ino| dir(*ino, 1)).collect()
+    }
+
+    #[test]
+    fn an_expired_copy_is_read_again_with_its_companions_in_walk_order() {
+        let cache = MetaCache::new(TTL, TTL);
+        cache.put_inodes_read_together(&dirs(&[1, 2, 3]));
+        cache.put_inodes_read_together(&dirs(&[4, 5]));
+        cache.put_inodes_read_together(&dirs(&[6]));
+        std::thread::sleep(TTL);
+        cache.put_inode(&dir(5, 1));
+        assert_eq!(
+            cache.expired_companions(2),
+            vec![3, 4, 6, 1],
+            "the rest of its cohort, the later cohorts, then its cohort's start; \
+             5 was read on its own since"
+        );
+        assert_eq!(cache.expired_companions(5), Vec::<u64>::new(), "no cohort");
+    }
+
+    #[test]
+    fn companions_younger_than_half_their_ttl_are_not_read_again() {
+        let cache = MetaCache::new(Duration::from_secs(60), TTL);
+        cache.put_inodes_read_together(&dirs(&[1, 2]));
+        cache.put_inodes_read_together(&dirs(&[3]));
+        assert_eq!(cache.expired_companions(1), Vec::<u64>::new());
     }
 
     #[test]

@@ -600,10 +600,38 @@ impl Fs {
                 }));
             }
         }
-        let entry = match self.store.get(&keys::entry_key(dir, name)).await? {
-            Some(item) => Some(from_item::<Entry>(item)?),
-            None => None,
-        };
+        self.read_entry(dir, name).await
+    }
+
+    /// Read `dir/name` from the store. When this client saw the name before, the inode
+    /// it named then comes in the same request: a lookup whose cached entry and inode
+    /// both expired (the top of every path, walked again each second) costs one.
+    async fn read_entry(&self, dir: u64, name: &[u8]) -> FsResult<Option<Entry>> {
+        let key = keys::entry_key(dir, name);
+        let named_before = self
+            .cache
+            .entry_any_age(dir, name)
+            .map(|entry| entry.ino)
+            .filter(|ino| self.cache.inode(*ino).is_none());
+        let entry = match named_before {
+            None => self.store.get(&key).await?.map(from_item::<Entry>),
+            Some(ino) => {
+                self.settle_create(ino).await?;
+                let mut items = self
+                    .store
+                    .batch_get(&[key, keys::inode_key(ino)])
+                    .await?
+                    .into_iter();
+                let entry = items.next().flatten().map(from_item::<Entry>);
+                if let (Some(Ok(entry)), Some(Some(inode))) = (&entry, items.next()) {
+                    if entry.ino == ino {
+                        self.cache_inode(&from_item(inode)?);
+                    }
+                }
+                entry
+            }
+        }
+        .transpose()?;
         self.cache_entry(dir, name, entry);
         Ok(entry)
     }
