@@ -155,20 +155,9 @@ impl Fs {
         let Some(create) = &data.create else {
             return false;
         };
-        let bs = self.format.block_size;
-        let size = data.size;
-        let blocks: Vec<(u64, usize)> = data
-            .dirty
-            .iter()
-            .filter(|(idx, _)| !(**idx == 0 && self.fits_inline(size)))
-            .map(|(idx, block)| {
-                let len = size.saturating_sub(idx * bs).min(block.len() as u64);
-                (*idx, len as usize)
-            })
-            .collect();
         data.behind.is_none()
             && !data.block0_behind
-            && self.goes_with_inode(&data.stored, &blocks)
+            && self.flush_goes_with_inode(data)
             && self.new_files.closed() < CLOSED_LIMIT
             && self.leases.can_defer(create.parent)
     }

@@ -747,6 +747,7 @@ impl Fs {
     pub(super) fn take_flush(&self, data: &mut FileData) -> (FlushParts, BTreeMap<u64, Vec<u8>>) {
         let bs = self.format.block_size;
         let size = data.size;
+        let with_inode = self.flush_goes_with_inode(data);
         data.generation = next_generation();
         let mut dirty = std::mem::take(&mut data.dirty);
         for (idx, block) in dirty.iter_mut() {
@@ -760,8 +761,7 @@ impl Fs {
         } else {
             None
         };
-        let lens: Vec<(u64, usize)> = dirty.iter().map(|(idx, b)| (*idx, b.len())).collect();
-        let blocks = if self.goes_with_inode(&data.stored, &lens) {
+        let blocks = if with_inode {
             std::mem::take(&mut dirty)
         } else {
             BTreeMap::new()
@@ -777,10 +777,20 @@ impl Fs {
         (parts, dirty)
     }
 
-    /// Whether the blocks of a file stored as `stored` that a flush writes (index and
-    /// length) go in the transaction that records its new size.
-    pub(super) fn goes_with_inode(&self, stored: &Inode, blocks: &[(u64, usize)]) -> bool {
+    /// Whether the unflushed blocks of `data` that go to the blocks table (all but an
+    /// inline block 0) go in the transaction that records its new size.
+    pub(super) fn flush_goes_with_inode(&self, data: &FileData) -> bool {
         let bs = self.format.block_size;
+        let (size, stored) = (data.size, &data.stored);
+        let lens: Vec<(u64, usize)> = data
+            .dirty
+            .iter()
+            .filter(|(idx, _)| !(**idx == 0 && self.fits_inline(size)))
+            .map(|(idx, block)| {
+                let len = size.saturating_sub(idx * bs).min(block.len() as u64);
+                (*idx, len as usize)
+            })
+            .collect();
         // Blocks that land where the stored inode says nothing is would be garbage if
         // this client died before recording the new size. One such block goes in the
         // transaction that records the size too: a new file of up to a block then costs
@@ -788,8 +798,8 @@ impl Fs {
         // would add three, for at most a block's worth of write units more (a
         // transaction bills twice).
         let past_end = |idx: u64| idx * bs >= stored.size || (idx == 0 && stored.inline);
-        blocks.iter().map(|(_, len)| len).sum::<usize>() <= SMALL_FLUSH_BYTES
-            || (blocks.len() == 1 && blocks.iter().all(|(idx, _)| past_end(*idx)))
+        lens.iter().map(|(_, len)| len).sum::<usize>() <= SMALL_FLUSH_BYTES
+            || (lens.len() == 1 && lens.iter().all(|(idx, _)| past_end(*idx)))
     }
 
     /// Add to `tx` the writes of `parts` and the update of `inode` (as read) they make,

@@ -416,10 +416,7 @@ impl Fs {
     /// delete the blocks it made garbage. Returns the inodes as now stored.
     async fn commit(&self, tx: tx::Tx) -> FsResult<std::collections::BTreeMap<u64, Inode>> {
         let dirs = tx.leased_dirs();
-        let _turns = match tx.is_transaction() {
-            true => self.turns.take(dirs.clone()).await,
-            false => self.turns.take(Vec::new()).await,
-        };
+        let _turns = self.turns.take_for(&tx).await;
         // From before the commit, so this client's collector never takes them up too.
         let _cleaning = self.cleaning.hold(tx.cleanup_inos());
         // Attribute changes held for other inodes ride along: `tar` and `cp -a` set a

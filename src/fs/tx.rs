@@ -37,9 +37,14 @@ pub(super) struct Turns<'a> {
 }
 
 impl DirTurns {
-    /// Wait for the turn on each of `dirs`, in order of number, so that two waiters
-    /// never wait for each other.
-    pub(super) async fn take(&self, mut dirs: Vec<u64>) -> Turns<'_> {
+    /// Wait for the turns `tx` needs: one on each directory it updates, if it is a
+    /// transaction (a single write never collides), taken in order of number so that
+    /// two waiters never wait for each other.
+    pub(super) async fn take_for(&self, tx: &Tx) -> Turns<'_> {
+        let mut dirs = match tx.is_transaction() {
+            true => tx.leased_dirs(),
+            false => Vec::new(),
+        };
         dirs.sort_unstable();
         dirs.dedup();
         let mut held = Vec::with_capacity(dirs.len());
