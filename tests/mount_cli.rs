@@ -470,3 +470,142 @@ fn the_endpoint_can_come_from_the_aws_environment() {
         .unwrap()
         .success());
 }
+
+/// The user ordinary mounts run as in these tests: nobody.
+const NOBODY: u32 = 65534;
+
+/// `args` run as [`NOBODY`] (through `setpriv`, with no supplementary groups).
+fn as_nobody(program: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program)
+        .args(args)
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    common::require_fuse();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata("/dev/fuse").unwrap().permissions());
+    assert_eq!(
+        mode & 0o666,
+        0o666,
+        "ordinary users cannot open /dev/fuse (mode {mode:o}); scripts/setup.sh sets 0666, as fuse3's udev rule does"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    chown(home.path());
+    let mnt = home.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    chown(&mnt);
+    let source = format!("local:{}", home.path().join("fs.db").display());
+    let bin = dynamofs_bin();
+    let mount = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["mount".as_ref(), source.as_ref(), mnt.as_os_str()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        as_nobody(&bin, &args)
+    };
+    let sh = |script: &str| as_nobody(Path::new("/bin/sh"), &["-c".as_ref(), script.as_ref()]);
+
+    let refused = mount(&["-o", "allow_other"]);
+    assert!(
+        !refused.status.success(),
+        "allow_other without user_allow_other"
+    );
+    assert!(
+        stderr(&refused).contains("user_allow_other"),
+        "says what allow_other needs: {}",
+        stderr(&refused)
+    );
+    assert!(!is_dynamofs_mount(&mnt));
+
+    let mounted = mount(&[]);
+    assert!(mounted.status.success(), "mount: {}", stderr(&mounted));
+    assert_eq!(findmnt_type(&mnt), "fuse.dynamo");
+    let file = mnt.join("f");
+    let wrote = sh(&format!("echo hello > '{0}' && cat '{0}'", file.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&wrote.stdout),
+        "hello\n",
+        "{}",
+        stderr(&wrote)
+    );
+    let owner = fs::metadata(&file).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    assert!(
+        owner.is_err(),
+        "without allow_other, other users (root too) are kept out: {owner:?}"
+    );
+
+    let unmounted = as_nobody(
+        Path::new("/usr/bin/fusermount3"),
+        &["-u".as_ref(), mnt.as_os_str()],
+    );
+    assert!(
+        unmounted.status.success(),
+        "fusermount3 -u: {}",
+        stderr(&unmounted)
+    );
+    let started = Instant::now();
+    while common::daemon_pid(&mnt).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = mount(&[]);
+    assert!(again.status.success(), "mount again: {}", stderr(&again));
+    let read = sh(&format!("cat '{}'", file.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "hello\n",
+        "kept across mounts"
+    );
+    // The daemon's own unmount, on SIGTERM, goes through fusermount3 too.
+    let pid = common::daemon_pid(&mnt).expect("the second mount's daemon");
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let started = Instant::now();
+    while is_dynamofs_mount(&mnt) || common::daemon_pid(&mnt).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "SIGTERM did not unmount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_when_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = mount_command(&unique_table("Notify"), &mnt, "")
+        .arg("-f")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let mut message = [0u8; 256];
+    let n = socket.recv(&mut message).expect("a readiness message");
+    assert_eq!(&message[..n], b"READY=1\n");
+    assert!(is_dynamofs_mount(&mnt), "ready means mounted");
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut message).expect("a stopping message");
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
+}
