@@ -20,6 +20,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `out` is a command that failed, saying `says` on stderr.
+fn assert_refused(out: &Output, what: &str, says: &str) {
+    assert!(!out.status.success(), "{what} must fail");
+    assert!(stderr(out).contains(says), "{what}: {}", stderr(out));
+}
+
 fn findmnt_type(dir: &Path) -> String {
     let out = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE", "--mountpoint"])
@@ -70,14 +76,10 @@ fn mount_t_fuse_dynamo_fstab_and_both_unmounts() {
         .args(["-o", &options])
         .output()
         .unwrap();
-    assert!(
-        !again.status.success(),
-        "a second mount on the same mountpoint must fail"
-    );
-    assert!(
-        stderr(&again).contains("already a dynamofs mount"),
-        "{}",
-        stderr(&again)
+    assert_refused(
+        &again,
+        "a second mount on the same mountpoint",
+        "already a dynamofs mount",
     );
     let out = Command::new("umount").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "umount: {}", stderr(&out));
@@ -107,25 +109,25 @@ fn mount_t_fuse_dynamo_fstab_and_both_unmounts() {
         .output()
         .unwrap();
     assert!(out.status.success(), "fusermount3 -u: {}", stderr(&out));
-    let started = Instant::now();
-    while is_dynamofs_mount(dir.path()) {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("still mounted", 10, || !is_dynamofs_mount(dir.path()));
     assert_eq!(fs::read(dir.path().join("underneath")).unwrap(), b"keep me");
     let _ = fs::remove_file(HELPER);
 }
 
-/// Wait (at most 30 s) until a foreground mount started on `dir` is live.
-fn wait_for_foreground_mount(dir: &Path) {
+/// Wait until `done` holds, failing with `what` after `secs` seconds.
+fn wait_until(what: &str, secs: u64, done: impl Fn() -> bool) {
     let started = Instant::now();
-    while !is_dynamofs_mount(dir) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "foreground mount did not come up"
-        );
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(secs), "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Wait (at most 30 s) until a foreground mount started on `dir` is live.
+fn wait_for_foreground_mount(dir: &Path) {
+    wait_until("foreground mount did not come up", 30, || {
+        is_dynamofs_mount(dir)
+    });
 }
 
 #[test]
@@ -517,14 +519,10 @@ fn an_ordinary_user_mounts_through_fusermount3() {
     let sh = |script: &str| as_nobody(Path::new("/bin/sh"), &["-c".as_ref(), script.as_ref()]);
 
     let refused = mount(&["-o", "allow_other"]);
-    assert!(
-        !refused.status.success(),
-        "allow_other without user_allow_other"
-    );
-    assert!(
-        stderr(&refused).contains("user_allow_other"),
-        "says what allow_other needs: {}",
-        stderr(&refused)
+    assert_refused(
+        &refused,
+        "allow_other without user_allow_other",
+        "user_allow_other",
     );
     assert!(!is_dynamofs_mount(&mnt));
 
@@ -554,14 +552,9 @@ fn an_ordinary_user_mounts_through_fusermount3() {
         "fusermount3 -u: {}",
         stderr(&unmounted)
     );
-    let started = Instant::now();
-    while common::daemon_pid(&mnt).is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the daemon did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the daemon did not exit", 20, || {
+        common::daemon_pid(&mnt).is_none()
+    });
     let again = mount(&[]);
     assert!(again.status.success(), "mount again: {}", stderr(&again));
     let read = sh(&format!("cat '{}'", file.display()));
@@ -574,14 +567,9 @@ fn an_ordinary_user_mounts_through_fusermount3() {
     let pid = common::daemon_pid(&mnt).expect("the second mount's daemon");
     // SAFETY: plain kill(2).
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let started = Instant::now();
-    while is_dynamofs_mount(&mnt) || common::daemon_pid(&mnt).is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "SIGTERM did not unmount"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("SIGTERM did not unmount", 20, || {
+        !is_dynamofs_mount(&mnt) && common::daemon_pid(&mnt).is_none()
+    });
 }
 
 #[test]
