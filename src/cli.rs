@@ -36,6 +36,9 @@ Mount options (-o, comma separated; the same in /etc/fstab):
                         mounts with different settings read each other's data
   heartbeat=SECS        how often the session lease is renewed (default 10); a
                         client that stops renewing for 3 heartbeats loses its locks
+  metrics=HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics (FUSE
+                        operations and their latency, DynamoDB requests, retries,
+                        conflicts and throttles, cache hits, bytes read and written)
   logfile=PATH          where a daemonized mount logs (default /var/log/dynamofs.log
                         when writable, else /tmp/dynamofs-UID.log)
   Ignored for fstab: _netdev, nofail, auto, noauto, defaults, user, nouser, users,
@@ -183,6 +186,8 @@ pub struct MountOptions {
     pub write_buffer: usize,
     /// The codec data is written with (None: the filesystem's own setting).
     pub compression: Option<crate::compression::Compression>,
+    /// Where to serve Prometheus metrics (HOST:PORT).
+    pub metrics: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -203,6 +208,7 @@ impl Default for MountOptions {
             heartbeat: Duration::from_secs(10),
             write_buffer: crate::fs::FsConfig::default().dirty_limit,
             compression: None,
+            metrics: None,
         }
     }
 }
@@ -303,6 +309,16 @@ impl MountOptions {
                             .map_err(|e| format!("mount option {key}={v}: {e}"))?,
                     )
                 }
+                ("metrics", Some(v)) => {
+                    if v.rsplit_once(':')
+                        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+                    {
+                        return Err(format!(
+                            "mount option {key}={v}: want HOST:PORT, e.g. 127.0.0.1:9100"
+                        ));
+                    }
+                    o.metrics = Some(v.to_string());
+                }
                 ("heartbeat", Some(v)) => {
                     o.heartbeat = seconds(key, v)?.max(Duration::from_millis(200))
                 }
@@ -352,6 +368,11 @@ mod tests {
         let o = MountOptions::parse(&["write_buffer=1G"]).unwrap();
         assert_eq!(o.write_buffer, 1 << 30);
         assert!(MountOptions::parse(&["write_buffer=16q"]).is_err());
+        let o = MountOptions::parse(&["metrics=localhost:9100"]).unwrap();
+        assert_eq!(o.metrics.as_deref(), Some("localhost:9100"));
+        for bad in ["metrics=9100", "metrics=host:port", "metrics=:99999"] {
+            assert!(MountOptions::parse(&[bad]).unwrap_err().contains("HOST:PORT"));
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use fuser::{
 use tracing::Instrument;
 
 use crate::fs::{Caller, Fs, FsError, LockRange, Opened, RenameMode, SetAttr, SetTime, XattrMode};
+use crate::metrics::metrics;
 use crate::records::{FileKind, Inode, LockKind};
 
 /// Entries prepared per readdirplus call: more than the kernel's reply buffer takes
@@ -68,10 +69,13 @@ impl DynamoFuse {
         let span = tracing::debug_span!("fuse", op = name, ino);
         let fut = op(self.fs.clone());
         let counted = InFlight::start(&self.in_flight);
+        let started = std::time::Instant::now();
         let mut task = Box::pin(
             async move {
                 let _counted = counted;
-                match fut.await {
+                let result = fut.await;
+                metrics().operation(name, started.elapsed(), result.is_err());
+                match result {
                     Ok(value) => ok(reply, value),
                     Err(e) => {
                         match &e {
@@ -529,7 +533,10 @@ impl Filesystem for DynamoFuse {
             ino.0,
             reply,
             move |fs| async move { fs.read(fh.0, offset, size).await },
-            |r, data| r.data(&data),
+            |r, data| {
+                metrics().data("read", data.len());
+                r.data(&data)
+            },
         );
     }
 
@@ -551,7 +558,10 @@ impl Filesystem for DynamoFuse {
             ino.0,
             reply,
             move |fs| async move { fs.write(fh.0, offset, &data).await },
-            |r, n| r.written(n),
+            |r, n| {
+                metrics().data("written", n as usize);
+                r.written(n)
+            },
         );
     }
 

@@ -13,6 +13,7 @@ pub mod compression;
 pub mod fs;
 pub mod fuse;
 pub mod keys;
+pub mod metrics;
 pub mod mount;
 pub mod records;
 pub mod retry;

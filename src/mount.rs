@@ -566,6 +566,12 @@ fn serve(
     readiness: &mut Readiness,
     wait_for_signal: impl Fn() -> i32 + Send + 'static,
 ) -> Result<(), String> {
+    // Bound first: a taken port fails the mount before it registers a session.
+    let metrics = options
+        .metrics
+        .as_deref()
+        .map(crate::metrics::listen)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -598,6 +604,9 @@ fn serve(
         options,
     )?;
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
+    if let Some(listener) = metrics {
+        crate::metrics::serve(listener);
+    }
     readiness.ready();
     tell_systemd(sd_notify::NotifyState::Ready);
     let target = mountpoint.to_path_buf();

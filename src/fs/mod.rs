@@ -56,6 +56,7 @@ pub use xattr::XattrMode;
 
 use crate::compression::Compression;
 use crate::keys::{self, ROOT_INO};
+use crate::metrics::metrics;
 use crate::records::{
     from_item, to_item, Entry, FileKind, Format, Inode, Timestamp, FORMAT_VERSION,
 };
@@ -489,7 +490,9 @@ impl Fs {
     /// read again with its expired companions (see `cache.rs`).
     async fn load_inode(&self, ino: u64, fresh: bool) -> FsResult<Inode> {
         if !fresh {
-            if let Some(inode) = self.cache.inode(ino) {
+            let cached = self.cache.inode(ino);
+            metrics().cache_lookup("inode", cached.is_some());
+            if let Some(inode) = cached {
                 return Ok(inode);
             }
             let companions = self.cache.expired_companions(ino);
@@ -571,7 +574,9 @@ impl Fs {
             self.settle_creates_in(dir).await?;
         }
         if !fresh {
-            if let Some(answer) = self.cache.entry(dir, name).answer() {
+            let known = self.cache.entry(dir, name).answer();
+            metrics().cache_lookup("entry", known.is_some());
+            if let Some(answer) = known {
                 return Ok(answer);
             }
             let dir_ver = match self.renew_listing(dir, name).await? {

@@ -24,6 +24,7 @@ use aws_sdk_dynamodb::Client;
 use aws_smithy_types::retry::ErrorKind;
 
 use super::{Condition, Item, Key, Page, SortKey, Store, StoreError, Table, WriteOp, VERSION_ATTR};
+use crate::metrics::metrics;
 use crate::retry::{retry, Patience, Policy};
 
 type AttrMap = HashMap<String, AttributeValue>;
@@ -379,9 +380,10 @@ impl DynamoStore {
         }
     }
 
-    /// Send one request through the retry helper, counting every attempt. A request
-    /// still failing transiently when the retry budget is spent fails, with one warning.
-    async fn send<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
+    /// Send one request of `action` through the retry helper, counting every attempt
+    /// (here and in [`crate::metrics`]). A request still failing transiently when the
+    /// retry budget is spent fails, with one warning.
+    async fn send<T, F, Fut>(&self, action: &'static str, mut request: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -393,10 +395,16 @@ impl DynamoStore {
             self.retries,
             || {
                 self.requests.fetch_add(1, Ordering::Relaxed);
-                attempts.fetch_add(1, Ordering::Relaxed);
+                let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
+                metrics().request(action, retry);
                 request()
             },
             |e: &StoreError| {
+                match e {
+                    StoreError::Conflict | StoreError::Contended => metrics().conflict(action),
+                    StoreError::Throttled(_) => metrics().throttle(action),
+                    _ => {}
+                }
                 let again = e.is_transient();
                 if again
                     && started.elapsed() > SAY_WAITING_AFTER
@@ -426,7 +434,7 @@ impl DynamoStore {
     async fn ensure_table(&self, table: Table) -> Result<(), StoreError> {
         let name = self.table_name(table).to_string();
         let described = self
-            .send(|| async {
+            .send("DescribeTable", || async {
                 self.client
                     .describe_table()
                     .table_name(&name)
@@ -520,7 +528,9 @@ impl DynamoStore {
             .key_schema(key(hash, KeyType::Hash).map_err(build_err)?)
             .key_schema(key(range, KeyType::Range).map_err(build_err)?);
         match self
-            .send(|| async { request.clone().send().await.map_err(classify) })
+            .send("CreateTable", || async {
+                request.clone().send().await.map_err(classify)
+            })
             .await
         {
             // Another client created it first: fine, we only need it to exist.
@@ -536,7 +546,7 @@ impl DynamoStore {
     async fn wait_active(&self, name: &str) -> Result<(), StoreError> {
         for _ in 0..600 {
             let out = self
-                .send(|| async {
+                .send("DescribeTable", || async {
                     self.client
                         .describe_table()
                         .table_name(name)
@@ -647,7 +657,7 @@ impl Store for DynamoStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let table = self.table_name(key.table);
         let out = self
-            .send(|| async {
+            .send("GetItem", || async {
                 self.client
                     .get_item()
                     .table_name(table)
@@ -699,7 +709,7 @@ impl Store for DynamoStore {
                 }
                 let request = pending.clone();
                 let out = self
-                    .send(|| async {
+                    .send("BatchGetItem", || async {
                         self.client
                             .batch_get_item()
                             .set_request_items(Some(request.clone()))
@@ -748,7 +758,7 @@ impl Store for DynamoStore {
         }
         let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
         let out = self
-            .send(|| async {
+            .send("Query", || async {
                 self.client
                     .query()
                     .table_name(self.table_name(table))
@@ -779,7 +789,7 @@ impl Store for DynamoStore {
             WriteOp::Put { item, cond, .. } => {
                 let expr = condition_expr(key.table, cond);
                 let attrs: AttrMap = key.stored_item(item).into();
-                self.send(|| async {
+                self.send("PutItem", || async {
                     let request = self
                         .client
                         .put_item()
@@ -794,7 +804,7 @@ impl Store for DynamoStore {
             }
             WriteOp::Update { set, add, cond, .. } => {
                 let (update, expr) = update_expr(key.table, set, add, cond);
-                self.send(|| async {
+                self.send("UpdateItem", || async {
                     let request = self
                         .client
                         .update_item()
@@ -810,7 +820,7 @@ impl Store for DynamoStore {
             }
             WriteOp::Delete { cond, .. } => {
                 let expr = condition_expr(key.table, cond);
-                self.send(|| async {
+                self.send("DeleteItem", || async {
                     let request = self
                         .client
                         .delete_item()
@@ -842,7 +852,7 @@ impl Store for DynamoStore {
         // DynamoDB treats the retry as the same transaction instead of failing its
         // conditions against our own write.
         let token = uuid::Uuid::new_v4().to_string();
-        self.send(|| async {
+        self.send("TransactWriteItems", || async {
             self.client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
@@ -865,7 +875,7 @@ impl Store for DynamoStore {
         let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
         let start = after.map(key_attrs);
         let out = self
-            .send(|| async {
+            .send("Scan", || async {
                 self.client
                     .scan()
                     .table_name(self.table_name(table))
@@ -893,7 +903,7 @@ impl Store for DynamoStore {
     async fn add(&self, key: &Key, attr: &str, delta: u64) -> Result<u64, StoreError> {
         let table = self.table_name(key.table);
         let out = self
-            .send(|| async {
+            .send("UpdateItem", || async {
                 self.client
                     .update_item()
                     .table_name(table)
