@@ -371,7 +371,9 @@ mod tests {
         let o = MountOptions::parse(&["metrics=localhost:9100"]).unwrap();
         assert_eq!(o.metrics.as_deref(), Some("localhost:9100"));
         for bad in ["metrics=9100", "metrics=host:port", "metrics=:99999"] {
-            assert!(MountOptions::parse(&[bad]).unwrap_err().contains("HOST:PORT"));
+            assert!(MountOptions::parse(&[bad])
+                .unwrap_err()
+                .contains("HOST:PORT"));
         }
     }
 

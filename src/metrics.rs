@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     retries: Family<Label, Counter>,
     conflicts: Family<Label, Counter>,
     throttles: Family<Label, Counter>,
+    capacity: Family<Label, Counter<f64, AtomicU64>>,
     cache: Family<Labels2, Counter>,
     bytes: Family<Label, Counter>,
 }
@@ -54,6 +56,7 @@ impl Metrics {
             retries: Family::default(),
             conflicts: Family::default(),
             throttles: Family::default(),
+            capacity: Family::default(),
             cache: Family::default(),
             bytes: Family::default(),
         };
@@ -91,6 +94,11 @@ impl Metrics {
             "dynamodb_throttles",
             "DynamoDB requests throttled, by action",
             metrics.throttles.clone(),
+        );
+        registry.register(
+            "dynamodb_capacity_units",
+            "DynamoDB capacity units consumed, read and write, by action",
+            metrics.capacity.clone(),
         );
         registry.register(
             "cache_lookups",
@@ -137,6 +145,13 @@ impl Metrics {
     /// A DynamoDB request of `action` was throttled.
     pub fn throttle(&self, action: &'static str) {
         self.throttles.get_or_create(&[("action", action)]).inc();
+    }
+
+    /// A DynamoDB request of `action` consumed `units` capacity units.
+    pub fn capacity(&self, action: &'static str, units: f64) {
+        self.capacity
+            .get_or_create(&[("action", action)])
+            .inc_by(units);
     }
 
     /// A lookup in the metadata cache `cache` ("inode" or "entry").

@@ -85,16 +85,22 @@ fn the_metrics_endpoint_counts_what_the_mount_does() {
 
     let requests = grew(&before, &after, "dynamofs_dynamodb_requests_total");
     let retries = grew(&before, &after, "dynamofs_dynamodb_retries_total");
+    let units = grew(&before, &after, "dynamofs_dynamodb_capacity_units_total");
     println!(
-        "metrics: {requests} requests, {retries} retries; simulator: {} requests, {} faults",
+        "metrics: {requests} requests, {retries} retries, {units} capacity units; \
+         simulator: {} requests, {} faults, {} units",
         seen.requests(),
-        seen.faults()
+        seen.faults(),
+        seen.read_units() + seen.write_units()
     );
     // The simulator's window holds the metrics' one (its counts are read outside the
     // scrapes), so it may see a background request more, never one fewer.
     let in_window = |ours: f64, theirs: u64| ours <= theirs as f64 && theirs as f64 <= ours + 2.0;
     assert!(requests > 0.0 && in_window(requests, seen.requests()));
     assert!(seen.faults() > 0, "faults were injected");
+    // As DynamoDB reports them: DynamoDB Local's are nominal (about one per request),
+    // the simulator's own model of the bill is what the benchmark shows.
+    assert!(units > 0.0, "consumed capacity reported");
     assert!(
         in_window(retries, seen.faults()),
         "each injected fault is retried once"

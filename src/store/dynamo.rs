@@ -16,9 +16,9 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, KeysAndAttributes, Put, ReturnValue, ScalarAttributeType, TableStatus,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, ConsumedCapacity, Delete,
+    KeySchemaElement, KeyType, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
+    ScalarAttributeType, TableStatus, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use aws_smithy_types::retry::ErrorKind;
@@ -28,6 +28,53 @@ use crate::metrics::metrics;
 use crate::retry::{retry, Patience, Policy};
 
 type AttrMap = HashMap<String, AttributeValue>;
+
+/// Every request that can asks for the capacity it consumed, for [`crate::metrics`]
+/// (counted by `send`).
+const CAPACITY: ReturnConsumedCapacity = ReturnConsumedCapacity::Total;
+
+/// The capacity units a DynamoDB output says its request consumed.
+trait Consumed {
+    fn consumed_units(&self) -> f64;
+}
+
+/// Outputs that carry a `consumed_capacity` (an option or a list of them).
+macro_rules! consumed_from_output {
+    ($($output:ty),* $(,)?) => {$(
+        impl Consumed for $output {
+            fn consumed_units(&self) -> f64 {
+                self.consumed_capacity()
+                    .into_iter()
+                    .filter_map(ConsumedCapacity::capacity_units)
+                    .sum()
+            }
+        }
+    )*};
+}
+
+consumed_from_output!(
+    aws_sdk_dynamodb::operation::get_item::GetItemOutput,
+    aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput,
+    aws_sdk_dynamodb::operation::query::QueryOutput,
+    aws_sdk_dynamodb::operation::scan::ScanOutput,
+    aws_sdk_dynamodb::operation::put_item::PutItemOutput,
+    aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+    aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput,
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+);
+
+/// The table operations consume no capacity.
+impl Consumed for aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput {
+    fn consumed_units(&self) -> f64 {
+        0.0
+    }
+}
+
+impl Consumed for aws_sdk_dynamodb::operation::create_table::CreateTableOutput {
+    fn consumed_units(&self) -> f64 {
+        0.0
+    }
+}
 
 /// Where and how to reach DynamoDB.
 #[derive(Clone, Debug)]
@@ -385,6 +432,7 @@ impl DynamoStore {
     /// retry budget is spent fails, with one warning.
     async fn send<T, F, Fut>(&self, action: &'static str, mut request: F) -> Result<T, StoreError>
     where
+        T: Consumed,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
@@ -419,6 +467,12 @@ impl DynamoStore {
             },
         )
         .await;
+        if let Ok(out) = &result {
+            let units = out.consumed_units();
+            if units > 0.0 {
+                metrics().capacity(action, units);
+            }
+        }
         if let Err(e) = &result {
             if e.is_transient() {
                 tracing::warn!(
@@ -663,6 +717,7 @@ impl Store for DynamoStore {
                     .table_name(table)
                     .set_key(Some(key_attrs(key)))
                     .consistent_read(true)
+                    .return_consumed_capacity(CAPACITY)
                     .send()
                     .await
                     .map_err(classify)
@@ -713,6 +768,7 @@ impl Store for DynamoStore {
                         self.client
                             .batch_get_item()
                             .set_request_items(Some(request.clone()))
+                            .return_consumed_capacity(CAPACITY)
                             .send()
                             .await
                             .map_err(classify)
@@ -767,6 +823,7 @@ impl Store for DynamoStore {
                     .set_expression_attribute_values(Some(values.clone()))
                     .consistent_read(true)
                     .limit(limit)
+                    .return_consumed_capacity(CAPACITY)
                     .send()
                     .await
                     .map_err(classify)
@@ -794,7 +851,8 @@ impl Store for DynamoStore {
                         .client
                         .put_item()
                         .table_name(table)
-                        .set_item(Some(attrs.clone()));
+                        .set_item(Some(attrs.clone()))
+                        .return_consumed_capacity(CAPACITY);
                     conditioned!(request, expr.clone())
                         .send()
                         .await
@@ -810,7 +868,8 @@ impl Store for DynamoStore {
                         .update_item()
                         .table_name(table)
                         .set_key(Some(key_attrs(key)))
-                        .update_expression(&update);
+                        .update_expression(&update)
+                        .return_consumed_capacity(CAPACITY);
                     conditioned!(request, expr.clone())
                         .send()
                         .await
@@ -825,7 +884,8 @@ impl Store for DynamoStore {
                         .client
                         .delete_item()
                         .table_name(table)
-                        .set_key(Some(key_attrs(key)));
+                        .set_key(Some(key_attrs(key)))
+                        .return_consumed_capacity(CAPACITY);
                     conditioned!(request, expr.clone())
                         .send()
                         .await
@@ -857,6 +917,7 @@ impl Store for DynamoStore {
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
                 .client_request_token(&token)
+                .return_consumed_capacity(CAPACITY)
                 .send()
                 .await
                 .map_err(classify_transaction)
@@ -885,6 +946,7 @@ impl Store for DynamoStore {
                     .set_exclusive_start_key(start.clone())
                     .consistent_read(true)
                     .limit(limit)
+                    .return_consumed_capacity(CAPACITY)
                     .send()
                     .await
                     .map_err(classify)
@@ -912,6 +974,7 @@ impl Store for DynamoStore {
                     .expression_attribute_names("#a", attr)
                     .expression_attribute_values(":d", AttributeValue::N(delta.to_string()))
                     .return_values(ReturnValue::UpdatedNew)
+                    .return_consumed_capacity(CAPACITY)
                     .send()
                     .await
                     .map_err(classify)
