@@ -73,6 +73,10 @@ pub enum Command {
     /// Mount a dynamofs filesystem (daemonizes unless -f; returns once the mount is live).
     #[command(after_long_help = MOUNT_OPTIONS_HELP)]
     Mount(MountArgs),
+    /// Make a new filesystem, with the settings fixed at creation (block size, the
+    /// tables' billing mode, the default codec); refuses one that exists unless --force.
+    #[command(after_long_help = MKFS_OPTIONS_HELP)]
+    Mkfs(MkfsArgs),
     /// Show the sessions (live and expired), their locks, and the format of a filesystem.
     Status(StatusArgs),
     /// Check the consistency of a filesystem: entries, inodes, link counts, blocks
@@ -105,6 +109,121 @@ pub struct SimulateArgs {
     /// Print the counts this often, in seconds, when they changed
     #[arg(long, default_value_t = 10)]
     pub report_every: u64,
+}
+
+/// The options of `dynamofs mkfs`, for `--help`.
+const MKFS_OPTIONS_HELP: &str = "\
+Options (-o, comma separated):
+  block_size=SIZE       bytes per data block, 4k to 384k (default 256k)
+  compression=CODEC     the codec mounts write data with unless told otherwise:
+                        zstd, lz4 or none (default zstd)
+  billing=MODE          how tables made now are billed: on-demand (default) or
+                        provisioned, with rcu=N and wcu=N (capacity units per second
+                        of each table); tables that exist keep theirs
+  endpoint=URL, timeout=SECS, retry_budget=SECS   as for mount
+
+Examples:
+  dynamofs mkfs aws:us-east-1/Shared -o block_size=128k
+  dynamofs mkfs aws:us-east-1/Shared -o billing=provisioned,rcu=100,wcu=50
+  dynamofs mkfs local:/var/lib/dynamofs/fs.db --force";
+
+/// Arguments of `dynamofs mkfs`.
+#[derive(Debug, Args, Clone)]
+pub struct MkfsArgs {
+    /// aws:REGION/TABLE or local:PATH
+    pub source: Source,
+    /// Options, comma separated (see below)
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Erase the filesystem that is there (every file in it) and make a new one;
+    /// refused while clients are mounted
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parsed options of `dynamofs mkfs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MkfsOptions {
+    /// Endpoint override, request patience: as for mount.
+    pub endpoint: Option<String>,
+    /// Per-attempt timeout and total retry time of one request.
+    pub patience: Patience,
+    /// Bytes per data block.
+    pub block_size: u64,
+    /// The filesystem's default codec.
+    pub compression: crate::compression::Compression,
+    /// How tables made now are billed.
+    pub billing: crate::store::dynamo::Billing,
+}
+
+impl MkfsOptions {
+    /// Parse `-o` groups.
+    pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<Self, String> {
+        let mut o = MkfsOptions {
+            endpoint: None,
+            patience: Patience::default(),
+            block_size: crate::fs::FsConfig::default().block_size,
+            compression: Default::default(),
+            billing: Default::default(),
+        };
+        let (mut provisioned, mut rcu, mut wcu) = (false, None, None);
+        for opt in groups
+            .iter()
+            .flat_map(|g| g.as_ref().split(','))
+            .filter(|s| !s.is_empty())
+        {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "endpoint" => o.endpoint = Some(endpoint(value)?),
+                "timeout" => {
+                    o.patience.request_timeout =
+                        seconds(key, value)?.max(Duration::from_millis(100))
+                }
+                "retry_budget" => o.patience.retry_budget = seconds(key, value)?,
+                "block_size" => {
+                    let size = bytes(key, value)? as u64;
+                    if !(4096..=crate::fs::MAX_BLOCK_SIZE).contains(&size) || size % 4096 != 0 {
+                        return Err(format!(
+                            "mkfs option {key}={value}: a block is 4k to 384k, in steps of 4k"
+                        ));
+                    }
+                    o.block_size = size;
+                }
+                "compression" => {
+                    o.compression = crate::compression::Compression::parse(value)
+                        .map_err(|e| format!("mkfs option {key}={value}: {e}"))?
+                }
+                "billing" => match value {
+                    "on-demand" => provisioned = false,
+                    "provisioned" => provisioned = true,
+                    _ => {
+                        return Err(format!(
+                            "mkfs option {key}={value}: use on-demand or provisioned"
+                        ))
+                    }
+                },
+                "rcu" => rcu = Some(number::<i64>(key, value, false)?.max(1)),
+                "wcu" => wcu = Some(number::<i64>(key, value, false)?.max(1)),
+                _ => {
+                    return Err(format!(
+                        "unknown mkfs option '{opt}' (see dynamofs mkfs --help)"
+                    ))
+                }
+            }
+        }
+        o.billing = match (provisioned, rcu, wcu) {
+            (false, None, None) => crate::store::dynamo::Billing::OnDemand,
+            (true, Some(read_units), Some(write_units)) => {
+                crate::store::dynamo::Billing::Provisioned {
+                    read_units,
+                    write_units,
+                }
+            }
+            (true, _, _) => return Err("billing=provisioned needs rcu=N and wcu=N".into()),
+            (false, _, _) => return Err("rcu= and wcu= go with billing=provisioned".into()),
+        };
+        Ok(o)
+    }
 }
 
 /// Arguments of `dynamofs status` and `dynamofs fsck`.

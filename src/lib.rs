@@ -14,6 +14,7 @@ pub mod fs;
 pub mod fuse;
 pub mod keys;
 pub mod metrics;
+pub mod mkfs;
 pub mod mount;
 pub mod records;
 pub mod retry;

@@ -66,6 +66,7 @@ fn main() {
     }
     match command {
         Command::Mount(mount) => std::process::exit(dynamofs::mount::run(mount)),
+        Command::Mkfs(args) => std::process::exit(dynamofs::mkfs::run(args)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
         Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),
         Command::Simulate(args) => std::process::exit(dynamofs::simulator::run(args)),

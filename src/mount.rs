@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::cli::{MountArgs, MountOptions};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::DynamoFuse;
+use crate::store::dynamo::Billing;
 
 /// The filesystem type this program mounts.
 pub const FS_TYPE: &str = "fuse.dynamo";
@@ -581,7 +582,11 @@ fn serve(
     let fs = rt.block_on(async {
         let opened = args
             .source
-            .open(options.endpoint.clone(), options.patience, true)
+            .open(
+                options.endpoint.clone(),
+                options.patience,
+                Some(Billing::OnDemand),
+            )
             .await;
         let store = opened.map_err(|e| format!("cannot open {}: {e}", args.source))?;
         let fs = Fs::new(store, fs_config(options)).await;

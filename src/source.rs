@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::retry::Patience;
-use crate::store::dynamo::{DynamoConfig, DynamoStore};
+use crate::store::dynamo::{Billing, DynamoConfig, DynamoStore};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
 
@@ -88,12 +88,13 @@ impl FromStr for Source {
 }
 
 impl Source {
-    /// Open the store this source names; `create` makes missing tables or the file.
+    /// Open the store this source names; `create` makes missing tables (billed so)
+    /// or the file.
     pub async fn open(
         &self,
         endpoint: Option<String>,
         patience: Patience,
-        create: bool,
+        create: Option<Billing>,
     ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
             Source::Aws { region, table } => {
@@ -106,7 +107,7 @@ impl Source {
                 };
                 Arc::new(DynamoStore::connect(&config).await?)
             }
-            Source::Local { path } if !create && !path.exists() => {
+            Source::Local { path } if create.is_none() && !path.exists() => {
                 return Err(StoreError::NotFound(format!(
                     "{} does not exist",
                     path.display()

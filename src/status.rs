@@ -197,7 +197,7 @@ fn with_fs<T>(
     rt.block_on(async {
         let store = args
             .source
-            .open(options.endpoint.clone(), options.patience, false)
+            .open(options.endpoint.clone(), options.patience, None)
             .await
             .map_err(|e| e.to_string())?;
         let config = FsConfig {

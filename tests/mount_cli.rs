@@ -231,15 +231,7 @@ fn bad_input_gets_clear_messages() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let table = unique_table("Wrong");
     rt.block_on(async {
-        let config = aws_sdk_dynamodb::config::Builder::new()
-            .behavior_version_latest()
-            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .endpoint_url(local.endpoint())
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "fake", "fake", None, None, "test",
-            ))
-            .build();
-        let client = aws_sdk_dynamodb::Client::from_conf(config);
+        let client = common::raw_client(&local.endpoint());
         use aws_sdk_dynamodb::types::*;
         client
             .create_table()

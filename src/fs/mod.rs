@@ -252,7 +252,11 @@ impl Fs {
         })
     }
 
-    async fn format(store: &dyn Store, config: &FsConfig) -> FsResult<Format> {
+    /// Write the format record and the root directory of a new filesystem on `store`,
+    /// with `config`'s block size and codec (the first mount does this, and
+    /// `dynamofs mkfs`). If another client did it at the same moment, its format is
+    /// the one returned.
+    pub async fn format(store: &dyn Store, config: &FsConfig) -> FsResult<Format> {
         let format = Format {
             version: FORMAT_VERSION,
             block_size: config.block_size.clamp(4096, MAX_BLOCK_SIZE),

@@ -17,8 +17,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, ConsumedCapacity, Delete,
-    KeySchemaElement, KeyType, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
-    ScalarAttributeType, TableStatus, TransactWriteItem, Update,
+    KeySchemaElement, KeyType, KeysAndAttributes, ProvisionedThroughput, Put,
+    ReturnConsumedCapacity, ReturnValue, ScalarAttributeType, TableStatus, TransactWriteItem,
+    Update,
 };
 use aws_sdk_dynamodb::Client;
 use aws_smithy_types::retry::ErrorKind;
@@ -87,8 +88,36 @@ pub struct DynamoConfig {
     pub endpoint: Option<String>,
     /// How long one request may take, and how long its retries may go on.
     pub patience: Patience,
-    /// Create missing tables (a mount does; `dynamofs status` does not).
-    pub create_tables: bool,
+    /// Create missing tables, billed so (a mount and `mkfs` do; `dynamofs status`
+    /// does not).
+    pub create_tables: Option<Billing>,
+}
+
+/// How new tables are billed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Billing {
+    /// On demand: by the request, nothing to plan (the default).
+    #[default]
+    OnDemand,
+    /// Provisioned: these read and write capacity units per second, per table.
+    Provisioned {
+        /// Read capacity units.
+        read_units: i64,
+        /// Write capacity units.
+        write_units: i64,
+    },
+}
+
+impl std::fmt::Display for Billing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Billing::OnDemand => f.write_str("on-demand"),
+            Billing::Provisioned {
+                read_units,
+                write_units,
+            } => write!(f, "provisioned, {read_units} RCU and {write_units} WCU"),
+        }
+    }
 }
 
 /// How long a request retries quietly before a warning says what it is waiting for.
@@ -100,7 +129,7 @@ pub struct DynamoStore {
     meta_table: String,
     blocks_table: String,
     requests: AtomicU64,
-    create_tables: bool,
+    create_tables: Option<Billing>,
     retries: Policy,
 }
 
@@ -501,12 +530,12 @@ impl DynamoStore {
             Ok(out) => out
                 .table
                 .ok_or_else(|| StoreError::fatal("DescribeTable returned no table"))?,
-            Err(StoreError::NotFound(_)) if !self.create_tables => {
-                return Err(StoreError::NotFound(format!("table {name} does not exist")));
-            }
             Err(StoreError::NotFound(_)) => {
-                tracing::info!(table = %name, "creating table (on-demand billing)");
-                self.create_table(table, &name).await?;
+                let Some(billing) = self.create_tables else {
+                    return Err(StoreError::NotFound(format!("table {name} does not exist")));
+                };
+                tracing::info!(table = %name, %billing, "creating table");
+                self.create_table(table, &name, billing).await?;
                 return self.wait_active(&name).await;
             }
             Err(e) => return Err(e),
@@ -558,7 +587,12 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn create_table(&self, table: Table, name: &str) -> Result<(), StoreError> {
+    async fn create_table(
+        &self,
+        table: Table,
+        name: &str,
+        billing: Billing,
+    ) -> Result<(), StoreError> {
         let [(hash, hash_type), (range, range_type)] = key_schema(table);
         let attr = |n: &str, t: ScalarAttributeType| {
             AttributeDefinition::builder()
@@ -576,11 +610,25 @@ impl DynamoStore {
             .client
             .create_table()
             .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attr(hash, hash_type).map_err(build_err)?)
             .attribute_definitions(attr(range, range_type).map_err(build_err)?)
             .key_schema(key(hash, KeyType::Hash).map_err(build_err)?)
             .key_schema(key(range, KeyType::Range).map_err(build_err)?);
+        let request = match billing {
+            Billing::OnDemand => request.billing_mode(BillingMode::PayPerRequest),
+            Billing::Provisioned {
+                read_units,
+                write_units,
+            } => request
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(
+                    ProvisionedThroughput::builder()
+                        .read_capacity_units(read_units)
+                        .write_capacity_units(write_units)
+                        .build()
+                        .map_err(build_err)?,
+                ),
+        };
         match self
             .send("CreateTable", || async {
                 request.clone().send().await.map_err(classify)

@@ -166,7 +166,7 @@ pub fn dynamo_config(table: &str) -> DynamoConfig {
         table: table.into(),
         endpoint: Some(dynamo_local().endpoint()),
         patience: dynamofs::retry::Patience::default(),
-        create_tables: true,
+        create_tables: Some(dynamofs::store::dynamo::Billing::OnDemand),
     }
 }
 
@@ -307,6 +307,20 @@ pub fn source_of(table: &str) -> (String, Option<String>) {
             Some(format!("endpoint={}", dynamo_local().endpoint())),
         )
     }
+}
+
+/// A plain DynamoDB client of `endpoint` (DynamoDB Local), for what the store does
+/// not do: tables of other shapes, their descriptions.
+pub fn raw_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::config::Builder::new()
+        .behavior_version_latest()
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "fake", "fake", None, None, "test",
+        ))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// The store behind `table` (see [`source_of`]), opened in this process.
