@@ -343,7 +343,7 @@ fn seconds(key: &str, value: &str) -> Result<Duration, String> {
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("mount option {key}={value}: expected a number of seconds"))
+        .ok_or_else(|| format!("option {key}={value}: expected a number of seconds"))
 }
 
 fn number<T: TryFrom<u64>>(key: &str, value: &str, radix_octal: bool) -> Result<T, String> {
@@ -354,7 +354,7 @@ fn number<T: TryFrom<u64>>(key: &str, value: &str, radix_octal: bool) -> Result<
     };
     parsed.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
         format!(
-            "mount option {key}={value}: expected a{} number",
+            "option {key}={value}: expected a{} number",
             if radix_octal { "n octal" } else { "" }
         )
     })
@@ -371,9 +371,7 @@ fn bytes(key: &str, value: &str) -> Result<usize, String> {
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| {
-            format!("mount option {key}={value}: expected a size such as 262144, 256k or 16m")
-        })
+        .ok_or_else(|| format!("option {key}={value}: expected a size such as 262144, 256k or 16m"))
 }
 
 /// A DynamoDB endpoint URL: http or https, with a host.
@@ -385,7 +383,7 @@ fn endpoint(value: &str) -> Result<String, String> {
     match host {
         Some(host) if !host.is_empty() => Ok(value.to_string()),
         _ => Err(format!(
-            "mount option endpoint={value}: expected a URL such as http://127.0.0.1:8000 or https://dynamodb.us-east-1.amazonaws.com"
+            "option endpoint={value}: expected a URL such as http://127.0.0.1:8000 or https://dynamodb.us-east-1.amazonaws.com"
         )),
     }
 }

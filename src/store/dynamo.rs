@@ -30,8 +30,8 @@ use crate::retry::{retry, Patience, Policy};
 
 type AttrMap = HashMap<String, AttributeValue>;
 
-/// Every request that can asks for the capacity it consumed, for [`crate::metrics`]
-/// (counted by `send`).
+/// What every data request asks DynamoDB to report: the capacity it consumed, for
+/// [`crate::metrics`] (`send` counts it).
 const CAPACITY: ReturnConsumedCapacity = ReturnConsumedCapacity::Total;
 
 /// The capacity units a DynamoDB output says its request consumed.
