@@ -79,6 +79,9 @@ pub enum Command {
     Mkfs(MkfsArgs),
     /// Show the sessions (live and expired), their locks, and the format of a filesystem.
     Status(StatusArgs),
+    /// Show what a filesystem holds (inodes, directories, files, symlinks, bytes), who
+    /// has it mounted and what its storage costs; --scan recounts and reports drift.
+    Stat(StatArgs),
     /// Check the consistency of a filesystem: entries, inodes, link counts, blocks
     /// (read-only unless --repair). Exit status: 0 clean, 1 problems found or left,
     /// 2 could not check.
@@ -237,6 +240,18 @@ pub struct StatusArgs {
     /// Print JSON for scripts
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `dynamofs stat`.
+#[derive(Debug, Args, Clone)]
+pub struct StatArgs {
+    /// Source, options and output format, as for status.
+    #[command(flatten)]
+    pub common: StatusArgs,
+    /// Recount from every inode record (reads the whole metadata table and the keys of
+    /// the blocks table) and show how far the kept totals drifted
+    #[arg(long)]
+    pub scan: bool,
 }
 
 /// Arguments of `dynamofs fsck`.

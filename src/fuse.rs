@@ -322,6 +322,9 @@ impl Filesystem for DynamoFuse {
         if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
             tracing::warn!(error = %e, "cannot remove the session record");
         }
+        if let Err(e) = self.rt.block_on(self.fs.write_usage()) {
+            tracing::warn!(error = %e, "cannot add this client's last changes to the usage totals");
+        }
         if let Err(e) = self.rt.block_on(self.fs.sync()) {
             tracing::warn!(error = %e, "cannot make the last writes durable");
         }
@@ -801,17 +804,24 @@ impl Filesystem for DynamoFuse {
         );
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.fs.statfs();
-        reply.statfs(
-            s.blocks,
-            s.free_blocks,
-            s.free_blocks,
-            s.files,
-            s.free_files,
-            s.block_size as u32,
-            crate::fs::NAME_MAX as u32,
-            s.block_size as u32,
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.run(
+            "statfs",
+            ino.0,
+            reply,
+            move |fs| async move { fs.statfs().await },
+            |r, s| {
+                r.statfs(
+                    s.blocks,
+                    s.free_blocks,
+                    s.free_blocks,
+                    s.files,
+                    s.free_files,
+                    s.block_size as u32,
+                    crate::fs::NAME_MAX as u32,
+                    s.block_size as u32,
+                )
+            },
         );
     }
 

@@ -5,6 +5,9 @@
 //! ------------------------------------------------------------------------------
 //!                 f:                 format             Format: version, block size, stripes
 //!                 f:                 inodes             inode counter: next (N), taken by ADD
+//!                 f:                 usage              Usage totals (N): inodes, directories,
+//!                                                       files, symlinks, logical_bytes, each
+//!                                                       moved by ADD
 //!                 i:<ino>            .                  Inode: kind, mode, owner, size, times,
 //!                                                       nlink, parent, symlink target, xattrs,
 //!                                                       inline flag, ver
@@ -53,6 +56,11 @@ pub fn format_key() -> Key {
 /// Key of the global inode counter.
 pub fn inode_counter_key() -> Key {
     Key::meta("f:", "inodes")
+}
+
+/// Key of the usage totals.
+pub fn usage_key() -> Key {
+    Key::meta("f:", "usage")
 }
 
 /// Sort key of the inode record in its partition.

@@ -20,5 +20,6 @@ pub mod records;
 pub mod retry;
 pub mod simulator;
 pub mod source;
+pub mod stat;
 pub mod status;
 pub mod store;

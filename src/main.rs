@@ -58,7 +58,10 @@ fn main() {
         }
     }
     let command = Cli::parse().command;
-    if matches!(command, Command::Status(_) | Command::Fsck(_)) {
+    if matches!(
+        command,
+        Command::Status(_) | Command::Stat(_) | Command::Fsck(_)
+    ) {
         // A report piped into `head` ends quietly when the reader leaves, as other
         // tools' do, instead of panicking on the closed pipe.
         // SAFETY: restoring a signal's default action at startup, before any thread.
@@ -68,6 +71,7 @@ fn main() {
         Command::Mount(mount) => std::process::exit(dynamofs::mount::run(mount)),
         Command::Mkfs(args) => std::process::exit(dynamofs::mkfs::run(args)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
+        Command::Stat(args) => std::process::exit(dynamofs::stat::run(args)),
         Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),
         Command::Simulate(args) => std::process::exit(dynamofs::simulator::run(args)),
     }

@@ -98,28 +98,13 @@ async fn make(args: &MkfsArgs, options: &MkfsOptions) -> Result<Format, String> 
 
 /// Fail if a live session shows a client still has the filesystem mounted.
 async fn refuse_if_mounted(store: Arc<dyn Store>) -> Result<(), String> {
-    let config = FsConfig {
-        read_only: true,
-        attr_ttl: Duration::ZERO,
-        entry_ttl: Duration::ZERO,
-        ..FsConfig::default()
-    };
-    let fs = Fs::new(store, config).await.map_err(|e| e.to_string())?;
-    let live: Vec<String> = fs
-        .sessions()
+    let fs = Fs::new(store, FsConfig::for_tools(false))
         .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|s| s.alive)
-        .map(|s| format!("{}:{}", s.session.host, s.session.mountpoint))
-        .collect();
+        .map_err(|e| e.to_string())?;
+    let live = fs.live_mounts().await.map_err(|e| e.to_string())?;
     match live.is_empty() {
         true => Ok(()),
-        false => Err(format!(
-            "{} client(s) still mounted ({}): unmount them first",
-            live.len(),
-            live.join(", ")
-        )),
+        false => Err(crate::status::still_mounted(&live)),
     }
 }
 

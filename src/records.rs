@@ -35,6 +35,81 @@ fn no_compression() -> Compression {
     Compression::None
 }
 
+/// The filesystem's usage totals (key `f:` / `usage`): what it holds, kept without
+/// scans. Each client adds what its committed transactions changed with atomic adds
+/// (see `fs/usage.rs`), so many clients never overwrite each other's counts; a crash
+/// loses at most one heartbeat of one client's changes, which `fsck --repair` recounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// Inode records: every file, directory, symlink and other node, with files whose
+    /// last name went away but whose data is not deleted yet.
+    pub inodes: i64,
+    /// Directories, the root among them.
+    pub directories: i64,
+    /// Regular files.
+    pub files: i64,
+    /// Symbolic links.
+    pub symlinks: i64,
+    /// The sum of the regular files' lengths.
+    pub logical_bytes: i64,
+}
+
+impl Usage {
+    /// What one inode of `kind` and `size` bytes adds to the totals.
+    pub fn of(kind: FileKind, size: u64) -> Usage {
+        Usage {
+            inodes: 1,
+            directories: i64::from(kind == FileKind::Dir),
+            files: i64::from(kind == FileKind::File),
+            symlinks: i64::from(kind == FileKind::Symlink),
+            logical_bytes: if kind == FileKind::File {
+                size as i64
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Every total, by its attribute name.
+    pub fn fields(&self) -> [(&'static str, i64); 5] {
+        [
+            ("inodes", self.inodes),
+            ("directories", self.directories),
+            ("files", self.files),
+            ("symlinks", self.symlinks),
+            ("logical_bytes", self.logical_bytes),
+        ]
+    }
+
+    /// Whether every total is zero (nothing changed).
+    pub fn is_zero(&self) -> bool {
+        self.fields().iter().all(|(_, n)| *n == 0)
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.inodes += other.inodes;
+        self.directories += other.directories;
+        self.files += other.files;
+        self.symlinks += other.symlinks;
+        self.logical_bytes += other.logical_bytes;
+    }
+}
+
+impl std::ops::SubAssign for Usage {
+    fn sub_assign(&mut self, other: Usage) {
+        *self += Usage {
+            inodes: -other.inodes,
+            directories: -other.directories,
+            files: -other.files,
+            symlinks: -other.symlinks,
+            logical_bytes: -other.logical_bytes,
+        };
+    }
+}
+
 /// The type of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

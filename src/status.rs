@@ -180,9 +180,18 @@ fn print_human(status: &Status) {
     }
 }
 
+/// What to say when clients (`live`, as `host:mountpoint`) still have it mounted.
+pub(crate) fn still_mounted(live: &[String]) -> String {
+    format!(
+        "{} client(s) still mounted ({}): unmount them first",
+        live.len(),
+        live.join(", ")
+    )
+}
+
 /// Open the filesystem of `args` without creating tables (read-only unless
 /// `writable`), and run `work` on it.
-fn with_fs<T>(
+pub(crate) fn with_fs<T>(
     args: &StatusArgs,
     writable: bool,
     work: impl AsyncFnOnce(Fs) -> Result<T, String>,
@@ -200,13 +209,9 @@ fn with_fs<T>(
             .open(options.endpoint.clone(), options.patience, None)
             .await
             .map_err(|e| e.to_string())?;
-        let config = FsConfig {
-            read_only: !writable,
-            attr_ttl: Duration::ZERO,
-            entry_ttl: Duration::ZERO,
-            ..FsConfig::default()
-        };
-        let fs = Fs::new(store, config).await.map_err(|e| e.to_string())?;
+        let fs = Fs::new(store, FsConfig::for_tools(writable))
+            .await
+            .map_err(|e| e.to_string())?;
         work(fs).await
     })
 }
@@ -248,22 +253,11 @@ pub fn fsck(args: FsckArgs) -> i32 {
         if !args.repair {
             return Ok((fs.check(&progress).await.map_err(|e| e.to_string())?, None));
         }
-        let live: Vec<_> = fs
-            .sessions()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|s| s.alive)
-            .collect();
+        let live = fs.live_mounts().await.map_err(|e| e.to_string())?;
         if !live.is_empty() && !args.force {
-            let who: Vec<String> = live
-                .iter()
-                .map(|s| format!("{}:{}", s.session.host, s.session.mountpoint))
-                .collect();
             return Err(format!(
-                "{} client(s) still mounted ({}): unmount them first, or repair anyway with --force",
-                live.len(),
-                who.join(", ")
+                "{}, or repair anyway with --force",
+                still_mounted(&live)
             ));
         }
         let repaired = fs.repair(&progress).await.map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::fmt;
 use super::tx::{points_at, Tx};
 use super::{Caller, Fs, FsError, FsResult};
 use crate::keys::{self, ROOT_INO};
-use crate::records::{from_item, to_item, Entry, FileKind, Inode};
+use crate::records::{from_item, to_item, Entry, FileKind, Inode, Usage};
 use crate::store::{Condition, Key, SortKey, Table, WriteOp};
 
 /// One inconsistency, with what its repair needs to know.
@@ -76,6 +76,15 @@ pub enum Problem {
         /// Whether the inode exists.
         inode_exists: bool,
     },
+    /// The usage totals (see `usage.rs`) differ from the recount, or are not kept yet
+    /// (compared only while no client is mounted: a mounted one has changes not yet
+    /// added).
+    UsageDrift {
+        /// What the usage record says (None: there is none).
+        recorded: Option<Usage>,
+        /// What the filesystem holds.
+        counted: Usage,
+    },
     /// A block that no file's data includes.
     StrayBlock {
         /// The block's partition.
@@ -124,6 +133,27 @@ impl fmt::Display for Problem {
                 index,
                 why,
             } => write!(f, "block {index} of {partition} {why}"),
+            Problem::UsageDrift { recorded, counted } => {
+                let totals = |u: &Usage| {
+                    format!(
+                        "{} inodes, {} directories, {} files, {} symlinks, {} bytes",
+                        u.inodes, u.directories, u.files, u.symlinks, u.logical_bytes
+                    )
+                };
+                match recorded {
+                    Some(recorded) => write!(
+                        f,
+                        "the usage totals say {}, but the filesystem holds {}",
+                        totals(recorded),
+                        totals(counted)
+                    ),
+                    None => write!(
+                        f,
+                        "no usage totals are kept yet (the filesystem holds {})",
+                        totals(counted)
+                    ),
+                }
+            }
         }
     }
 }
@@ -143,6 +173,8 @@ pub struct CheckReport {
     pub pending_cleanups: usize,
     /// Files with no name left, kept while some client may hold them open.
     pub pending_deletions: usize,
+    /// The usage totals recounted from the inodes.
+    pub usage: Usage,
     /// Every inconsistency found.
     pub problems: Vec<Problem>,
 }
@@ -187,6 +219,9 @@ impl Fs {
             }
         }
         report.inodes = inodes.len();
+        for inode in inodes.values() {
+            report.usage += Usage::of(inode.kind, inode.size);
+        }
         progress(&format!("walking the tree ({} inodes)", report.inodes));
         let doomed: std::collections::HashSet<u64> = meta
             .iter()
@@ -311,6 +346,16 @@ impl Fs {
                 report.problems.push(Problem::StrayInline {
                     ino,
                     inode_exists: inode.is_some(),
+                });
+            }
+        }
+
+        if self.live_mounts().await?.is_empty() {
+            let recorded = self.usage().await?;
+            if recorded != Some(report.usage) {
+                report.problems.push(Problem::UsageDrift {
+                    recorded,
+                    counted: report.usage,
                 });
             }
         }
@@ -482,6 +527,7 @@ impl Fs {
                     })
                     .await?
             }
+            Problem::UsageDrift { counted, .. } => self.set_usage(counted).await?,
             Problem::DirectoryNamedTwice { .. } | Problem::NoRoot => {}
         }
         Ok(())

@@ -38,7 +38,7 @@ use super::session::now_ms;
 use super::tx::Tx;
 use super::{Fs, FsError, FsResult};
 use crate::keys::{self, DOOMED_PREFIX, GARBAGE_PARTITION, WRITERS_PREFIX};
-use crate::records::{from_item, Cleanup, Doomed, FileKind, FileRemains, Inode, Session};
+use crate::records::{from_item, Cleanup, Doomed, FileKind, FileRemains, Inode, Session, Usage};
 use crate::store::{
     Condition, Item, SortKey, StoreError, Table, Value, WriteOp, MAX_TRANSACTION_ITEMS,
     VERSION_ATTR,
@@ -474,7 +474,7 @@ impl Fs {
     /// descriptor, if its inode is still as `left`: the inode, its inline data, and its
     /// blocks (in the transaction for a small file, as a cleanup for a larger one).
     fn delete_file(&self, tx: &mut Tx, ino: u64, left: FileRemains) {
-        tx.delete_at(ino, left.ver, false);
+        tx.delete_at(ino, left.ver, Usage::of(FileKind::File, left.size));
         if left.inline {
             tx.write(WriteOp::Delete {
                 key: keys::inline_key(ino),

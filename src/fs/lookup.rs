@@ -115,26 +115,37 @@ impl Fs {
         Ok(inode.target)
     }
 
-    /// Capacity figures. A local store reports the space its file takes and what is
-    /// left on its disk. DynamoDB has no fixed capacity, so, like other network
-    /// filesystems, dynamofs reports a large constant (1 PiB) as free; inodes are
-    /// always a large constant (2^40).
-    pub fn statfs(&self) -> FsStats {
+    /// Capacity figures: what is used by the usage totals (see `usage.rs`), the
+    /// bytes of the files and the inodes, read at most once a second. A local store
+    /// reports instead the space its file takes and what is left on its disk.
+    /// DynamoDB has no fixed capacity, so, like other network filesystems, dynamofs
+    /// reports a large constant (1 PiB of blocks, 2^40 inodes) as the size, of which
+    /// the used part is taken as used. A filesystem that keeps no totals yet (made
+    /// before they were kept, until `fsck --repair`) reports nothing used.
+    pub async fn statfs(&self) -> FsResult<FsStats> {
+        const SIZE_BYTES: u64 = 1 << 50;
+        const INODES: u64 = 1 << 40;
         let block_size = self.format.block_size;
+        let usage = self.usage_for_statfs().await?.unwrap_or_default();
         let (blocks, free_blocks) = match self.store.space() {
             Ok(Some(space)) => (
                 (space.used_bytes + space.available_bytes) / block_size,
                 space.available_bytes / block_size,
             ),
-            Ok(None) | Err(_) => ((1u64 << 50) / block_size, (1u64 << 50) / block_size),
+            // A local file whose size cannot be read counts as the service does.
+            Ok(None) | Err(_) => {
+                let used = (usage.logical_bytes.max(0) as u64).div_ceil(block_size);
+                let blocks = SIZE_BYTES / block_size;
+                (blocks, blocks.saturating_sub(used))
+            }
         };
-        FsStats {
+        Ok(FsStats {
             block_size,
             blocks,
             free_blocks,
-            files: 1 << 40,
-            free_files: 1 << 40,
-        }
+            files: INODES,
+            free_files: INODES.saturating_sub(usage.inodes.max(0) as u64),
+        })
     }
 
     /// The space the store takes, where it is a local file.

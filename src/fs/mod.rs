@@ -37,6 +37,7 @@ mod rename;
 mod session;
 mod setattr;
 mod tx;
+mod usage;
 mod xattr;
 
 use std::collections::HashMap;
@@ -122,6 +123,20 @@ impl Default for FsConfig {
     }
 }
 
+impl FsConfig {
+    /// The configuration of the tools that open a filesystem without mounting it
+    /// (`status`, `stat`, `fsck`, `mkfs`): nothing cached, so every figure is read
+    /// fresh, and read-only unless `writable` (a repair).
+    pub fn for_tools(writable: bool) -> Self {
+        FsConfig {
+            read_only: !writable,
+            attr_ttl: Duration::ZERO,
+            entry_ttl: Duration::ZERO,
+            ..FsConfig::default()
+        }
+    }
+}
+
 /// Who is asking: the credentials of the calling process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -180,6 +195,7 @@ pub struct Fs {
     leases: lease::DirLeases,
     turns: tx::DirTurns,
     new_files: deferred::NewFiles,
+    usage: usage::PendingUsage,
 }
 
 /// What [`Fs::renew_listing`] found.
@@ -249,6 +265,7 @@ impl Fs {
             leases: lease::DirLeases::default(),
             turns: tx::DirTurns::default(),
             new_files: deferred::NewFiles::default(),
+            usage: usage::PendingUsage::default(),
         })
     }
 
@@ -276,6 +293,7 @@ impl Fs {
                 item: to_item(&root),
                 cond: Condition::Absent,
             },
+            usage::initial_record(&root),
         ];
         match store.transact(ops).await {
             Ok(()) => {
@@ -455,6 +473,7 @@ impl Fs {
                 return Err(e);
             }
         };
+        self.usage.add(done.usage);
         for (dir, until) in &done.renewed {
             self.leases.hold(*dir, *until);
             self.cache.extend_listing(*dir);

@@ -166,8 +166,9 @@ impl Fs {
         Ok(())
     }
 
-    /// Renew the lease every heartbeat, clean up after dead sessions and collect
-    /// garbage, until the returned task is aborted.
+    /// Renew the lease every heartbeat, clean up after dead sessions, collect garbage
+    /// and write what this client moved the usage totals by, until the returned task
+    /// is aborted.
     pub fn spawn_heartbeat(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let heartbeat = self.session.get()?.heartbeat;
         let fs = self.clone();
@@ -186,6 +187,9 @@ impl Fs {
                     }
                     Err(_) => tracing::debug!("garbage collection continues at the next heartbeat"),
                 }
+                if let Err(e) = fs.write_usage().await {
+                    tracing::warn!(error = %e, "cannot add this client's changes to the usage totals");
+                }
             }
         }))
     }
@@ -200,6 +204,18 @@ impl Fs {
                 Ok((from_item(item)?, ver))
             })
             .collect()
+    }
+
+    /// Where the clients whose lease holds have this filesystem mounted, as
+    /// `host:mountpoint`.
+    pub async fn live_mounts(&self) -> FsResult<Vec<String>> {
+        Ok(self
+            .sessions()
+            .await?
+            .into_iter()
+            .filter(|s| s.alive)
+            .map(|s| format!("{}:{}", s.session.host, s.session.mountpoint))
+            .collect())
     }
 
     /// Every session record, with its liveness.

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use super::lease::{DirLeases, LeaseUse};
 use super::FsResult;
 use crate::keys;
-use crate::records::{to_item, Cleanup, Doomed, Entry, FileKind, FileRemains, Inode, Timestamp};
+use crate::records::{
+    to_item, Cleanup, Doomed, Entry, FileKind, FileRemains, Inode, Timestamp, Usage,
+};
 use crate::store::{Condition, Item, Store, StoreError, Value, WriteOp, VERSION_ATTR};
 
 /// This client's transactions that update a directory take turns on it. DynamoDB
@@ -130,8 +132,35 @@ pub(super) fn points_at(ino: u64) -> Condition {
 
 enum InodeChange {
     Create(Inode),
-    Update { read_ver: u64, inode: Inode },
-    Delete { read_ver: u64, dir: bool },
+    /// `before`: what the inode as read added to the usage totals.
+    Update {
+        read_ver: u64,
+        before: Usage,
+        inode: Inode,
+    },
+    Delete {
+        read_ver: u64,
+        before: Usage,
+    },
+}
+
+impl InodeChange {
+    /// How this change moves the usage totals.
+    fn usage(&self) -> Usage {
+        match self {
+            InodeChange::Create(inode) => Usage::of(inode.kind, inode.size),
+            InodeChange::Update { before, inode, .. } => {
+                let mut delta = Usage::of(inode.kind, inode.size);
+                delta -= *before;
+                delta
+            }
+            InodeChange::Delete { before, .. } => {
+                let mut delta = Usage::default();
+                delta -= *before;
+                delta
+            }
+        }
+    }
 }
 
 /// The changes of one metadata operation, built up and then committed together.
@@ -164,6 +193,8 @@ pub(super) struct Committed {
     pub(super) riders_written: bool,
     /// Directories whose lease this client renewed, with the lease's new end.
     pub(super) renewed: BTreeMap<u64, u64>,
+    /// How it moved the usage totals.
+    pub(super) usage: Usage,
 }
 
 impl Tx {
@@ -206,6 +237,7 @@ impl Tx {
             .entry(inode.ino)
             .or_insert_with(|| InodeChange::Update {
                 read_ver: inode.ver,
+                before: Usage::of(inode.kind, inode.size),
                 inode: inode.clone(),
             });
         match change {
@@ -303,13 +335,14 @@ impl Tx {
 
     /// Delete `inode`'s record (as read); its data is the caller's business.
     pub(super) fn delete(&mut self, inode: &Inode) {
-        self.delete_at(inode.ino, inode.ver, inode.kind == FileKind::Dir);
+        self.delete_at(inode.ino, inode.ver, Usage::of(inode.kind, inode.size));
     }
 
-    /// Delete the record of inode `ino` if it is still at version `read_ver`.
-    pub(super) fn delete_at(&mut self, ino: u64, read_ver: u64, dir: bool) {
+    /// Delete the record of inode `ino` if it is still at version `read_ver`; `before`
+    /// is what it added to the usage totals.
+    pub(super) fn delete_at(&mut self, ino: u64, read_ver: u64, before: Usage) {
         self.inodes
-            .insert(ino, InodeChange::Delete { read_ver, dir });
+            .insert(ino, InodeChange::Delete { read_ver, before });
     }
 
     /// Commit `op` (a block write or delete) together with the rest.
@@ -337,7 +370,7 @@ impl Tx {
         for (ino, change) in &self.inodes {
             match change {
                 InodeChange::Update { inode, .. } if inode.kind == FileKind::Dir => dirs.push(*ino),
-                InodeChange::Delete { dir: true, .. } => dirs.push(*ino),
+                InodeChange::Delete { before, .. } if before.directories > 0 => dirs.push(*ino),
                 _ => {}
             }
         }
@@ -377,7 +410,9 @@ impl Tx {
                     item: to_item(inode),
                     cond: Condition::Absent,
                 },
-                InodeChange::Update { read_ver, inode } => {
+                InodeChange::Update {
+                    read_ver, inode, ..
+                } => {
                     let mut inode = inode.clone();
                     inode.ver = read_ver + 1;
                     let versioned = Condition::VersionIs(*read_ver);
@@ -394,9 +429,9 @@ impl Tx {
                         cond,
                     }
                 }
-                InodeChange::Delete { read_ver, dir } => WriteOp::Delete {
+                InodeChange::Delete { read_ver, before } => WriteOp::Delete {
                     key,
-                    cond: match dir {
+                    cond: match before.directories > 0 {
                         true => Condition::All(vec![
                             Condition::VersionIs(*read_ver),
                             lease_of(*ino).condition(),
@@ -481,7 +516,9 @@ impl Tx {
         }
         let mut written = BTreeMap::new();
         let mut deleted = Vec::new();
+        let mut usage = Usage::default();
         for (ino, change) in self.inodes {
+            usage += change.usage();
             match change {
                 InodeChange::Create(inode) => {
                     written.insert(ino, inode);
@@ -489,6 +526,7 @@ impl Tx {
                 InodeChange::Update {
                     read_ver,
                     mut inode,
+                    ..
                 } => {
                     inode.ver = read_ver + 1;
                     if inode.kind == FileKind::Dir {
@@ -512,6 +550,7 @@ impl Tx {
             cleanups: self.cleanups,
             riders_written,
             renewed,
+            usage,
         })
     }
 }
