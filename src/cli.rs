@@ -82,6 +82,11 @@ pub enum Command {
     /// Show what a filesystem holds (inodes, directories, files, symlinks, bytes), who
     /// has it mounted and what its storage costs; --scan recounts and reports drift.
     Stat(StatArgs),
+    /// Copy a local directory's tree into a filesystem, without mounting it: modes,
+    /// owners, times, symlinks, hard links and extended attributes, with -j workers.
+    Import(ImportArgs),
+    /// Copy a tree out of a filesystem into a local directory, without mounting it.
+    Export(ExportArgs),
     /// Check the consistency of a filesystem: entries, inodes, link counts, blocks
     /// (read-only unless --repair). Exit status: 0 clean, 1 problems found or left,
     /// 2 could not check.
@@ -252,6 +257,45 @@ pub struct StatArgs {
     /// the blocks table) and show how far the kept totals drifted
     #[arg(long)]
     pub scan: bool,
+}
+
+/// Arguments of `dynamofs import`.
+#[derive(Debug, Args, Clone)]
+pub struct ImportArgs {
+    /// Leave files alone that are there already with the same size and modification
+    /// time (rsync's quick check), and attributes that are already right
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Files copied at once
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 16)]
+    pub jobs: usize,
+    /// The local directory whose contents are copied
+    pub local: PathBuf,
+    /// Where they go: aws:REGION/TABLE:/PATH or local:FILE:/PATH (made if missing;
+    /// without :/PATH, the root)
+    pub target: crate::bulk::Place,
+    /// Options, as for mount (endpoint=, timeout=, compression=, ...)
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+}
+
+/// Arguments of `dynamofs export`.
+#[derive(Debug, Args, Clone)]
+pub struct ExportArgs {
+    /// Leave local files alone that have the same size and modification time already
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Files copied at once
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 16)]
+    pub jobs: usize,
+    /// The directory copied: aws:REGION/TABLE:/PATH or local:FILE:/PATH (without
+    /// :/PATH, the root)
+    pub source: crate::bulk::Place,
+    /// The local directory it is copied into (made if missing)
+    pub local: PathBuf,
+    /// Options, as for mount (endpoint=, timeout=, ...)
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
 }
 
 /// Arguments of `dynamofs fsck`.

@@ -315,19 +315,8 @@ impl Filesystem for DynamoFuse {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if let Err(e) = self.rt.block_on(self.fs.settle_all_creates()) {
-            tracing::warn!(error = %e, "cannot commit the last new files");
-        }
-        self.rt.block_on(self.fs.write_all_held());
-        if let Err(e) = self.rt.block_on(self.fs.unregister_session()) {
-            tracing::warn!(error = %e, "cannot remove the session record");
-        }
-        if let Err(e) = self.rt.block_on(self.fs.write_usage()) {
-            tracing::warn!(error = %e, "cannot add this client's last changes to the usage totals");
-        }
-        if let Err(e) = self.rt.block_on(self.fs.sync()) {
-            tracing::warn!(error = %e, "cannot make the last writes durable");
-        }
+        // Failures are logged where they happen.
+        let _ = self.rt.block_on(self.fs.end_client());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

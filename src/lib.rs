@@ -8,10 +8,13 @@
 //! - [`retry`]: the one retry helper every conflict, throttle and transient error goes through;
 //! - [`simulator`]: a DynamoDB-faithful proxy (latency, conflicts, throttling, counts) for tests and benchmarks.
 
+pub mod bulk;
 pub mod cli;
 pub mod compression;
+pub mod export;
 pub mod fs;
 pub mod fuse;
+pub mod import;
 pub mod keys;
 pub mod metrics;
 pub mod mkfs;

@@ -72,6 +72,8 @@ fn main() {
         Command::Mkfs(args) => std::process::exit(dynamofs::mkfs::run(args)),
         Command::Status(status) => std::process::exit(dynamofs::status::run(status)),
         Command::Stat(args) => std::process::exit(dynamofs::stat::run(args)),
+        Command::Import(args) => std::process::exit(dynamofs::import::run(args)),
+        Command::Export(args) => std::process::exit(dynamofs::export::run(args)),
         Command::Fsck(args) => std::process::exit(dynamofs::status::fsck(args)),
         Command::Simulate(args) => std::process::exit(dynamofs::simulator::run(args)),
     }

@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub struct Metrics {
     capacity: Family<Label, Counter<f64, AtomicU64>>,
     cache: Family<Labels2, Counter>,
     bytes: Family<Label, Counter>,
+    /// Requests and retries of every action, for the summaries of the tools.
+    requests_total: AtomicU64,
+    retries_total: AtomicU64,
 }
 
 impl Metrics {
@@ -59,6 +62,8 @@ impl Metrics {
             capacity: Family::default(),
             cache: Family::default(),
             bytes: Family::default(),
+            requests_total: Default::default(),
+            retries_total: Default::default(),
         };
         registry.register(
             "fuse_operations",
@@ -132,9 +137,21 @@ impl Metrics {
     pub fn request(&self, action: &'static str, retry: bool) {
         let label = [("action", action)];
         self.requests.get_or_create(&label).inc();
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
         if retry {
             self.retries.get_or_create(&label).inc();
+            self.retries_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// DynamoDB requests sent by this process, retries included.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    /// DynamoDB requests this process sent again after a transient failure or throttling.
+    pub fn retries_total(&self) -> u64 {
+        self.retries_total.load(Ordering::Relaxed)
     }
 
     /// A DynamoDB request of `action` failed on a condition or a colliding transaction.

@@ -26,15 +26,8 @@ pub fn run(args: MkfsArgs) -> i32 {
         }
     };
     crate::mount::init_logging(false);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dynamofs: cannot start the runtime: {e}");
-            return 1;
-        }
+    let Some(rt) = crate::mount::tool_runtime() else {
+        return 1;
     };
     match rt.block_on(make(&args, &options)) {
         Ok(format) => {

@@ -504,6 +504,18 @@ pub fn init_logging(debug: bool) {
         .try_init();
 }
 
+/// The runtime of the tools that work without a mount (`mkfs`, `import`, `export`):
+/// a few workers, as a mount has; None, after saying why, if it cannot start.
+pub fn tool_runtime() -> Option<tokio::runtime::Runtime> {
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build();
+    built
+        .inspect_err(|e| eprintln!("dynamofs: cannot start the runtime: {e}"))
+        .ok()
+}
+
 /// The filesystem configuration a set of mount options asks for.
 pub fn fs_config(options: &MountOptions) -> FsConfig {
     // SAFETY: getuid/getgid cannot fail.

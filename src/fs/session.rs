@@ -298,6 +298,31 @@ impl Fs {
         Ok(live)
     }
 
+    /// End this client's work, last thing before it goes (an unmount, the end of an
+    /// import): commit the new files and attribute changes it still holds, end its
+    /// session, add its last changes to the usage totals and make everything durable.
+    /// Every step runs even if one before failed; the first failure is returned.
+    pub async fn end_client(&self) -> FsResult<()> {
+        let settled = self.settle_all_creates().await;
+        if let Err(e) = &settled {
+            tracing::warn!(error = %e, "cannot commit the last new files");
+        }
+        self.write_all_held().await;
+        let ended = self.unregister_session().await;
+        if let Err(e) = &ended {
+            tracing::warn!(error = %e, "cannot remove the session record");
+        }
+        let added = self.write_usage().await;
+        if let Err(e) = &added {
+            tracing::warn!(error = %e, "cannot add this client's last changes to the usage totals");
+        }
+        let synced = self.sync().await;
+        if let Err(e) = &synced {
+            tracing::warn!(error = %e, "cannot make the last writes durable");
+        }
+        settled.and(ended).and(added).and(synced)
+    }
+
     /// End this mount's session: release its locks, delete its record, and collect the
     /// garbage no remaining client needs.
     pub async fn unregister_session(&self) -> FsResult<()> {
