@@ -320,3 +320,24 @@ pub fn local_atime(meta: &std::fs::Metadata) -> Timestamp {
         n: meta.atime_nsec() as u32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_is_a_source_and_the_path_after_its_last_colon_slash() {
+        let place: Place = "aws:us-east-1/Shared:/projects/data/".parse().unwrap();
+        assert_eq!(place.source.to_string(), "aws:us-east-1/Shared");
+        assert_eq!(place.path, ["projects", "data"]);
+        let root: Place = "aws:us-east-1/Shared".parse().unwrap();
+        assert!(root.path.is_empty());
+        let local: Place = "local:/var/lib/fs.db:/a/./b".parse().unwrap();
+        assert_eq!(local.source.to_string(), "local:/var/lib/fs.db");
+        assert_eq!(local.path, ["a", "b"]);
+        let whole: Place = "local:/var/lib/fs.db".parse().unwrap();
+        assert_eq!(whole.source.to_string(), "local:/var/lib/fs.db");
+        assert!(whole.path.is_empty());
+        assert!("nowhere:/x".parse::<Place>().is_err());
+    }
+}
