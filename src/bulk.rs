@@ -74,8 +74,8 @@ pub struct Client {
     pub fs: Arc<Fs>,
     heartbeat: Duration,
     label: String,
-    /// The heartbeat task of the session, once one is registered.
-    session: tokio::sync::OnceCell<Option<tokio::task::JoinHandle<()>>>,
+    /// Set once the session is registered and its heartbeat started.
+    session: tokio::sync::OnceCell<()>,
 }
 
 impl Client {
@@ -120,7 +120,8 @@ impl Client {
                 self.fs
                     .register_session(&self.label, self.heartbeat)
                     .await?;
-                Ok::<_, FsError>(self.fs.spawn_heartbeat())
+                self.fs.start_heartbeat();
+                Ok::<_, FsError>(())
             })
             .await?;
         Ok(&self.fs)
@@ -128,11 +129,7 @@ impl Client {
 
     /// Commit what is still buffered and end the session, if one was registered.
     pub async fn finish(self) -> FsResult<()> {
-        let done = self.fs.end_client().await;
-        if let Some(Some(heartbeat)) = self.session.get() {
-            heartbeat.abort();
-        }
-        done
+        self.fs.end_client().await
     }
 
     /// The inode of `place`'s directory; with `create`, missing directories on the

@@ -609,10 +609,10 @@ fn serve(
         registered.map_err(|e| format!("cannot register a session: {e}"))?;
         Ok::<_, String>(Arc::new(fs))
     })?;
-    let heartbeat = {
+    {
         let _runtime = rt.enter();
-        fs.spawn_heartbeat()
-    };
+        fs.start_heartbeat();
+    }
     let session = start_session(
         fs,
         rt.handle().clone(),
@@ -629,9 +629,6 @@ fn serve(
     let target = mountpoint.to_path_buf();
     std::thread::spawn(move || stop_on_signals(&target, wait_for_signal));
     let result = session.run();
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
-    }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "unmounted");
     tell_systemd(sd_notify::NotifyState::Stopping);
     rt.shutdown_timeout(Duration::from_secs(5));

@@ -137,7 +137,17 @@ async fn exclusive_creates_have_one_winner_across_clients() {
             fb.lookup(ROOT_INO, name.as_bytes()).await.unwrap().ino
         );
     }
-    let root = fa.getattr(ROOT_INO).await.unwrap();
+    // Read fresh: each client's cached copy of the root may lag by the attribute TTL.
+    let fresh = Arc::new(
+        DynamoStore::connect(&common::dynamo_config(&table))
+            .await
+            .unwrap(),
+    );
+    let root = new_fs(fresh, FsConfig::for_tools(false))
+        .await
+        .getattr(ROOT_INO)
+        .await
+        .unwrap();
     assert_eq!(root.nlink, 2 + 15, "15 subdirectories counted once each");
 }
 

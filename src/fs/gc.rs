@@ -6,8 +6,8 @@
 //! - a **cleanup** (`g:`/`<ino>`): blocks past a size that a truncation or deletion left
 //!   behind. The client that committed it deletes them at once; if it died first, any
 //!   live client finishes the job once that client's lease has run out. One it left
-//!   unfinished while alive (a failed request, or a collection cut short by the end of
-//!   its time slot) its own collector takes up again.
+//!   unfinished while alive (a failed request, or a collection stopped by an unmount)
+//!   its own collector takes up again.
 //! - a **doomed file** (`g:`/`u<ino>`): a regular file whose last name went away. It may
 //!   still be open on any client, and POSIX says its data lives until the last close,
 //!   so it is deleted only once every live session has renewed its lease since then
@@ -23,7 +23,7 @@
 //!   in transactions conditioned on the record's version, so a live writer that
 //!   registers meanwhile stops the deletion.
 //!
-//! Every client runs [`Fs::collect_garbage`] after each lease renewal. The live clients
+//! Every client runs [`Fs::collect_garbage`] on its heartbeat. The live clients
 //! share the doomed files by inode number (one delete each, and a read before it only
 //! for a file changed after its unlink, however many clients are mounted). Every deletion is conditional, so two collectors never
 //! collide; one that loses a race finds nothing left to do.
@@ -52,6 +52,9 @@ const SMALL_DELETE_BYTES: u64 = 64 * 1024;
 /// not only the one whose share it is.
 const OVERDUE_HEARTBEATS: u64 = 6;
 
+/// Whether a collection may start its next step.
+pub(super) type GoOn<'a> = dyn Fn() -> bool + Sync + 'a;
+
 /// What a pass of the collector did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
@@ -63,6 +66,8 @@ pub struct Collected {
     pub past_end: usize,
     /// Doomed files still open somewhere, or not yet seen by every live session.
     pub waiting: usize,
+    /// The pass was told to stop before it went through all the garbage.
+    pub unfinished: bool,
 }
 
 /// The files whose cleanups this client is working on now (committing or deleting
@@ -169,23 +174,34 @@ impl Fs {
     /// What every heartbeat does after renewing the lease: release what dead sessions
     /// held, then delete the garbage no live client needs any more.
     pub async fn clean_up(&self) -> FsResult<Collected> {
+        self.clean_up_while(&|| true).await
+    }
+
+    /// [`Fs::clean_up`], starting no new step once `go_on` says no (a step under way
+    /// finishes: one cut in flight could commit without this client knowing, and the
+    /// usage totals would miss what it deleted).
+    pub(super) async fn clean_up_while(&self, go_on: &GoOn<'_>) -> FsResult<Collected> {
         let live = self.clean_dead_sessions(true).await?;
-        self.collect_garbage(&live).await
+        self.collect_garbage(&live, go_on).await
     }
 
     /// What `fsck --repair` does first: the same, deleting dead sessions' records at
     /// once instead of keeping them for `dynamofs status` to show.
     pub(super) async fn clean_up_now(&self) -> FsResult<Collected> {
         let live = self.clean_dead_sessions(false).await?;
-        self.collect_garbage(&live).await
+        self.collect_garbage(&live, &|| true).await
     }
 
     /// Delete the garbage no live client needs any more, given the live sessions as
-    /// just read.
-    async fn collect_garbage(&self, live: &[Session]) -> FsResult<Collected> {
+    /// just read, while `go_on` says so.
+    async fn collect_garbage(&self, live: &[Session], go_on: &GoOn<'_>) -> FsResult<Collected> {
         let mut collected = Collected::default();
         let mut deletable = Vec::new();
         for (sk, item) in self.query_all(Table::Meta, GARBAGE_PARTITION, None).await? {
+            if !go_on() {
+                collected.unfinished = true;
+                break;
+            }
             let SortKey::S(name) = sk else { continue };
             if let Some(ino) = name.strip_prefix(WRITERS_PREFIX) {
                 let ino: u64 = ino
@@ -240,11 +256,14 @@ impl Fs {
             }
         }
         // After a big `rm -rf` there are many: side by side, not one after the other.
+        let found = deletable.len();
         collected.files = stream::iter(deletable)
+            .take_while(|_| std::future::ready(go_on()))
             .map(|doomed| self.delete_doomed(doomed))
             .buffer_unordered(PARALLEL_BLOCKS)
             .try_fold(0, |n, ()| async move { Ok(n + 1) })
             .await?;
+        collected.unfinished |= collected.files < found;
         Ok(collected)
     }
 

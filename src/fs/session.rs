@@ -27,6 +27,24 @@ pub(super) struct OwnSession {
     heartbeat: Duration,
     /// The record as last written and its version; `None` once the session ended.
     record: tokio::sync::Mutex<Option<(Session, u64)>>,
+    /// The heartbeat's tasks, once started.
+    heartbeat_tasks: Mutex<Option<HeartbeatTasks>>,
+}
+
+/// The running heartbeat (see [`Fs::start_heartbeat`]) and how to stop it.
+struct HeartbeatTasks {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The lease renewer and the collector.
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+/// Wait one `heartbeat`; false if told to stop meanwhile (or before).
+async fn pause(heartbeat: Duration, stopped: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(heartbeat) => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+    !*stopped.borrow()
 }
 
 /// Liveness of other sessions, as last read.
@@ -111,6 +129,7 @@ impl Fs {
             id: id.clone(),
             heartbeat,
             record: tokio::sync::Mutex::new(Some((session, 1))),
+            heartbeat_tasks: Mutex::new(None),
         };
         if self.session.set(own).is_err() {
             return Err(FsError::Invalid);
@@ -166,32 +185,66 @@ impl Fs {
         Ok(())
     }
 
-    /// Renew the lease every heartbeat, clean up after dead sessions, collect garbage
-    /// and write what this client moved the usage totals by, until the returned task
-    /// is aborted.
-    pub fn spawn_heartbeat(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let heartbeat = self.session.get()?.heartbeat;
+    /// Start this session's two heartbeat tasks (nothing without a session): one renews
+    /// the lease every heartbeat; the other, every heartbeat, cleans up after dead
+    /// sessions, collects garbage and writes what this client moved the usage totals
+    /// by. Apart, so that a long collection never delays a renewal, and never cut
+    /// short: a commit cancelled in flight would lose its move of the totals. They run
+    /// until [`Fs::end_client`] stops them between steps.
+    pub fn start_heartbeat(self: &Arc<Self>) {
+        let Some(own) = self.session.get() else {
+            return;
+        };
+        let heartbeat = own.heartbeat;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let fs = self.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(heartbeat).await;
+        let mut until_stopped = stopped.clone();
+        let renewer = tokio::spawn(async move {
+            while pause(heartbeat, &mut until_stopped).await {
                 if let Err(e) = fs.renew_session().await {
                     tracing::warn!(error = %e, "cannot renew the session lease");
                 }
-                // Never long enough to delay the next renewal: what is left waits for
-                // the next heartbeat (every step is a conditional write, safe to cut).
-                match tokio::time::timeout(heartbeat / 2, fs.clean_up()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
+            }
+        });
+        let fs = self.clone();
+        let mut until_stopped = stopped.clone();
+        let collector = tokio::spawn(async move {
+            while pause(heartbeat, &mut until_stopped).await {
+                let go_on = || !*stopped.borrow();
+                match fs.clean_up_while(&go_on).await {
+                    Ok(collected) if collected.unfinished => {
+                        tracing::debug!("garbage collection stopped by the unmount")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
                         tracing::warn!(error = %e, "cannot clean up after dead sessions or collect garbage")
                     }
-                    Err(_) => tracing::debug!("garbage collection continues at the next heartbeat"),
                 }
                 if let Err(e) = fs.write_usage().await {
                     tracing::warn!(error = %e, "cannot add this client's changes to the usage totals");
                 }
             }
-        }))
+        });
+        *own.heartbeat_tasks.lock().unwrap() = Some(HeartbeatTasks {
+            stop,
+            tasks: [renewer, collector],
+        });
+    }
+
+    /// Stop the heartbeat tasks, letting each finish the step it is in.
+    async fn stop_heartbeat(&self) {
+        let Some(own) = self.session.get() else {
+            return;
+        };
+        let Some(running) = own.heartbeat_tasks.lock().unwrap().take() else {
+            return;
+        };
+        running.stop.send_replace(true);
+        for task in running.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a heartbeat task failed");
+            }
+        }
     }
 
     /// Every session record, with the version it was read at.
@@ -303,6 +356,7 @@ impl Fs {
     /// session, add its last changes to the usage totals and make everything durable.
     /// Every step runs even if one before failed; the first failure is returned.
     pub async fn end_client(&self) -> FsResult<()> {
+        self.stop_heartbeat().await;
         let settled = self.settle_all_creates().await;
         if let Err(e) = &settled {
             tracing::warn!(error = %e, "cannot commit the last new files");
@@ -348,10 +402,13 @@ impl Fs {
         tracing::info!(session = %own.id, "session ended");
         // The last client to leave deletes what nobody holds open any more, instead of
         // leaving it to the next mount.
-        match tokio::time::timeout(UNMOUNT_COLLECTION, self.clean_up()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect garbage at unmount"),
-            Err(_) => tracing::info!("garbage left for the next client (or fsck --repair)"),
+        let until = Instant::now() + UNMOUNT_COLLECTION;
+        match self.clean_up_while(&|| Instant::now() < until).await {
+            Ok(collected) if collected.unfinished => {
+                tracing::info!("garbage left for the next client (or fsck --repair)")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot collect garbage at unmount"),
         }
         Ok(())
     }

@@ -84,6 +84,10 @@ impl Fs {
         if delta.is_zero() {
             return Ok(());
         }
+        // A plain update, not a transaction of one (whose idempotency token would keep
+        // a retry from adding twice): transactions of every client on this one item
+        // would cancel each other. An addition applied but answered with a timeout is
+        // added again: drift that fsck mends.
         if let Err(e) = self.store.write(add_op(&delta)).await {
             self.usage.add(delta);
             return Err(e.into());
