@@ -171,8 +171,8 @@ fn renewed_ms(session: &Session) -> u64 {
 }
 
 impl Fs {
-    /// What every heartbeat does after renewing the lease: release what dead sessions
-    /// held, then delete the garbage no live client needs any more.
+    /// What every heartbeat's collector does: release what dead sessions held, then
+    /// delete the garbage no live client needs any more.
     pub async fn clean_up(&self) -> FsResult<Collected> {
         self.clean_up_while(&|| true).await
     }
