@@ -163,7 +163,8 @@ impl Fs {
     }
 
     /// Commit the deferred create of `data`'s file on its own: before its blocks go
-    /// to the store apart from the inode, or before another operation reads it.
+    /// to the store apart from the inode, or before another operation reads it. A lost
+    /// name is also kept for the file's next flush to report.
     pub(super) async fn commit_create(&self, data: &mut FileData) -> FsResult<()> {
         let Some(create) = data.create.clone() else {
             return Ok(());
@@ -181,6 +182,7 @@ impl Fs {
         if matches!(result, Ok(()) | Err(FsError::NameLost)) {
             self.create_done(data, result.is_ok());
         }
+        data.name_lost = matches!(result, Err(FsError::NameLost));
         result
     }
 

@@ -76,6 +76,10 @@ pub(super) struct FileData {
     generation: u64,
     /// The create of this file, answered but not committed yet (see `deferred.rs`).
     pub(super) create: Option<DeferredCreate>,
+    /// Another client took the name of this file before its deferred create was
+    /// committed, by a call that could not tell the writer (the create settler, a
+    /// lookup): the next flush reports it, once, as a write-back error is.
+    pub(super) name_lost: bool,
 }
 
 /// Blocks handed to a background task at the dirty limit. One such upload runs per file
@@ -247,6 +251,7 @@ impl FileData {
             reads: ReadAhead::default(),
             generation: next_generation(),
             create: None,
+            name_lost: false,
         }
     }
 
@@ -635,6 +640,10 @@ impl Fs {
     /// Write buffered blocks, then the inode's new size, mtime and held attributes. A
     /// small flush goes in one transaction with the inode.
     pub(super) async fn flush_data(&self, data: &mut FileData) -> FsResult<()> {
+        if data.name_lost {
+            self.finish_write_behind(data).await;
+            return Err(self.drop_unflushed(data, FsError::NameLost).await);
+        }
         if !data.has_unflushed() {
             return Ok(());
         }
@@ -660,6 +669,9 @@ impl Fs {
         if let Err(e) = prepared {
             data.dirty.extend(dirty);
             parts.give_back(data);
+            if data.name_lost {
+                return Err(self.drop_unflushed(data, e).await);
+            }
             return Err(e);
         }
         let written = stream::iter(dirty.into_iter().map(|(idx, block)| async move {
@@ -714,21 +726,8 @@ impl Fs {
             self.create_done(data, updated.is_ok());
         }
         let updated = match updated {
-            Err(FsError::Stale | FsError::NameLost) => {
-                // Another client deleted the file meanwhile: the blocks just written
-                // belong to nobody, so take them back rather than leak them.
-                self.finish_cleanup(Cleanup {
-                    ino,
-                    keep: 0,
-                    stored: parts.size,
-                    session: None,
-                })
-                .await;
-                data.dirty.clear();
-                data.dirty_bytes = 0;
-                data.mtime = None;
-                data.held = None;
-                return Err(updated.expect_err("matched an error"));
+            Err(e @ (FsError::Stale | FsError::NameLost)) => {
+                return Err(self.drop_unflushed(data, e).await);
             }
             Err(e) => {
                 parts.give_back(data);
@@ -740,6 +739,25 @@ impl Fs {
         drop(taken);
         self.flushed(data, parts, updated);
         Ok(())
+    }
+
+    /// The file is gone from the store (another client deleted it, or took the name of
+    /// its deferred create): drop its unflushed writes, take back the blocks written
+    /// for it rather than leak them, and return `error` for the flush to report.
+    async fn drop_unflushed(&self, data: &mut FileData, error: FsError) -> FsError {
+        data.name_lost = false;
+        self.finish_cleanup(Cleanup {
+            ino: data.stored.ino,
+            keep: 0,
+            stored: data.size,
+            session: None,
+        })
+        .await;
+        data.dirty.clear();
+        data.dirty_bytes = 0;
+        data.mtime = None;
+        data.held = None;
+        error
     }
 
     /// Take what a flush of `data` writes out of its buffers: what goes in the
